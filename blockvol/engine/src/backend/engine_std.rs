@@ -1,0 +1,164 @@
+//! The standard backend: pread/pwrite/fdatasync on a small pool of worker
+//! threads per volume, so that submissions never block the caller.
+//!
+//! A linked write+sync is done by one worker as pwrite then fdatasync, with
+//! the same meaning as the io_uring link. Workers spin briefly after each job
+//! before they sleep: on these VMs a sleep and wake-up costs 50-100 µs, as
+//! much as the write itself.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use super::{record_slices, FlushIo, IoDone, IoOp};
+use crate::notify::Notifier;
+use crate::storage::Storage;
+
+const SPIN: Duration = Duration::from_micros(30);
+
+struct Job {
+    token: u64,
+    op: IoOp,
+    reply: Arc<Notifier>,
+}
+
+/// Worker threads shared by the handles of one volume.
+pub(crate) struct StdPool {
+    tx: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl StdPool {
+    pub fn start(storage: Arc<dyn Storage>, threads: usize, name: &str) -> std::io::Result<StdPool> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let rx = rx.clone();
+            let storage = Arc::clone(&storage);
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("keel-io-{name}-{i}"))
+                    .spawn(move || worker(&*storage, &rx))?,
+            );
+        }
+        Ok(StdPool {
+            tx: Some(tx),
+            threads: handles,
+        })
+    }
+
+    /// Queue an operation; its [`IoDone`] goes to `reply`.
+    pub fn submit(&self, token: u64, op: IoOp, reply: &Arc<Notifier>) -> Result<(), IoOp> {
+        let Some(tx) = &self.tx else { return Err(op) };
+        tx.send(Job {
+            token,
+            op,
+            reply: Arc::clone(reply),
+        })
+        .map_err(|e| e.0.op)
+    }
+}
+
+impl Drop for StdPool {
+    fn drop(&mut self) {
+        self.tx.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker(storage: &dyn Storage, rx: &Receiver<Job>) {
+    loop {
+        let job = match rx.try_recv() {
+            Ok(j) => j,
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                let until = Instant::now() + SPIN;
+                let mut got = None;
+                while Instant::now() < until {
+                    match rx.try_recv() {
+                        Ok(j) => {
+                            got = Some(j);
+                            break;
+                        }
+                        Err(TryRecvError::Disconnected) => return,
+                        Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                    }
+                }
+                match got {
+                    Some(j) => j,
+                    None => match rx.recv() {
+                        Ok(j) => j,
+                        Err(_) => return,
+                    },
+                }
+            }
+        };
+        let Job {
+            token,
+            mut op,
+            reply,
+        } = job;
+        let result = execute(storage, &mut op);
+        reply.push_io(IoDone { token, result, op });
+    }
+}
+
+/// Run one operation synchronously.
+pub(crate) fn execute(storage: &dyn Storage, op: &mut IoOp) -> std::io::Result<()> {
+    match op {
+        IoOp::WalWrite {
+            hdr,
+            data,
+            pieces,
+            sync,
+        } => {
+            let mut start = 0usize;
+            for &(off, len) in pieces.iter() {
+                let len = usize::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+                if len == 0 {
+                    continue;
+                }
+                let (slices, n) = record_slices(hdr, data, start, len);
+                storage.write_at(&slices[..n], off)?;
+                start += len;
+            }
+            if *sync {
+                storage.sync_data()?;
+            }
+            Ok(())
+        }
+        IoOp::Read { buf, segs } => {
+            for s in segs.iter() {
+                storage.read_at(&mut buf[s.buf_off..s.buf_off + s.len], s.file_off)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Flusher I/O over a [`Storage`], one call at a time.
+pub(crate) struct StdFlushIo {
+    pub storage: Arc<dyn Storage>,
+}
+
+impl FlushIo for StdFlushIo {
+    fn read(&mut self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.storage.read_at(buf, off)
+    }
+    fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> std::io::Result<()> {
+        for (off, b) in writes {
+            self.storage.write_at(&[b], *off)?;
+        }
+        Ok(())
+    }
+    fn punch(&mut self, off: u64, len: u64) -> std::io::Result<()> {
+        self.storage.punch_hole(off, len)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.storage.sync_data()
+    }
+}

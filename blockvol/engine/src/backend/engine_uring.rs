@@ -1,0 +1,371 @@
+//! The io_uring backend: each handle owns a ring; a durable write is one
+//! linked writev+fdatasync chain; the flusher submits its write-back as one
+//! batch per ring-full.
+//!
+//! This is the engine's one `unsafe` module: pushing an SQE hands the kernel
+//! raw pointers into buffers that must stay put until the CQE is reaped. The
+//! buffers live in heap allocations owned by the in-flight table and are only
+//! released after their last CQE (or leaked if the ring is dropped with
+//! operations still in flight).
+
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::{record_slices, FlushIo, IoDone, IoOp};
+
+/// Whether io_uring can be set up here (kernel support, seccomp, limits).
+pub(crate) fn probe() -> io::Result<()> {
+    IoUring::new(8).map(|_| ())
+}
+
+struct InFlight {
+    token: u64,
+    op: IoOp,
+    /// iovecs of the (up to two) writev SQEs, two each.
+    iov: Box<[libc::iovec; 4]>,
+    expect: [i32; 8],
+    remaining: u32,
+    err: Option<io::Error>,
+}
+
+/// Per-handle ring.
+pub(crate) struct UringExec {
+    ring: IoUring,
+    fd: RawFd,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    sqes_in_flight: usize,
+    cap: usize,
+}
+
+fn short(expected: i32, got: i32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("short transfer: {got} of {expected} bytes"),
+    )
+}
+
+fn to_i32(v: u64) -> io::Result<i32> {
+    i32::try_from(v).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+impl UringExec {
+    pub fn new(fd: RawFd, entries: u32, notify_fd: RawFd) -> io::Result<UringExec> {
+        let ring = IoUring::new(entries)?;
+        ring.submitter().register_eventfd(notify_fd)?;
+        let cap = ring.params().cq_entries() as usize;
+        Ok(UringExec {
+            ring,
+            fd,
+            slots: Vec::new(),
+            free: Vec::new(),
+            sqes_in_flight: 0,
+            cap,
+        })
+    }
+
+    fn sqes_for(op: &IoOp) -> usize {
+        match op {
+            IoOp::WalWrite { pieces, sync, .. } => {
+                pieces.iter().filter(|p| p.1 > 0).count() + usize::from(*sync)
+            }
+            IoOp::Read { segs, .. } => segs.len(),
+        }
+    }
+
+    /// Queue `op`. `Err(op)` when the ring has no room now (retry after
+    /// [`UringExec::poll`]) or the op has more pieces than a ring can take.
+    pub fn submit(&mut self, token: u64, op: IoOp) -> Result<(), (IoOp, io::Error)> {
+        let n = Self::sqes_for(&op);
+        if n > 8 || n > self.cap {
+            return Err((op, io::Error::from(io::ErrorKind::InvalidInput)));
+        }
+        if self.sqes_in_flight + n > self.cap {
+            return Err((op, io::Error::from(io::ErrorKind::WouldBlock)));
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let mut fl = InFlight {
+            token,
+            op,
+            iov: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; 4],
+            ),
+            expect: [0; 8],
+            remaining: 0,
+            err: None,
+        };
+        let fd = types::Fd(self.fd);
+        let mut sqes: Vec<squeue::Entry> = Vec::with_capacity(n);
+        let ud = |i: usize| ((slot as u64) << 8) | i as u64;
+        match &mut fl.op {
+            IoOp::WalWrite {
+                hdr,
+                data,
+                pieces,
+                sync,
+            } => {
+                let mut start = 0usize;
+                for (pi, &(off, len)) in pieces.iter().enumerate() {
+                    if len == 0 {
+                        continue;
+                    }
+                    let Ok(len_us) = usize::try_from(len) else {
+                        return Err((fl.op, io::Error::from(io::ErrorKind::InvalidInput)));
+                    };
+                    let (slices, cnt) = record_slices(hdr, data, start, len_us);
+                    for (j, s) in slices[..cnt].iter().enumerate() {
+                        fl.iov[pi * 2 + j] = libc::iovec {
+                            iov_base: s.as_ptr() as *mut libc::c_void,
+                            iov_len: s.len(),
+                        };
+                    }
+                    let i = sqes.len();
+                    match to_i32(len) {
+                        Ok(v) => fl.expect[i] = v,
+                        Err(e) => return Err((fl.op, e)),
+                    }
+                    #[allow(clippy::cast_possible_truncation)] // cnt <= 2
+                    let e = opcode::Writev::new(fd, fl.iov[pi * 2..].as_ptr(), cnt as u32)
+                        .offset(off)
+                        .build()
+                        .user_data(ud(i));
+                    sqes.push(e);
+                    start += len_us;
+                }
+                if *sync {
+                    if let Some(last) = sqes.pop() {
+                        sqes.push(last.flags(squeue::Flags::IO_LINK));
+                    }
+                    let i = sqes.len();
+                    fl.expect[i] = 0;
+                    sqes.push(
+                        opcode::Fsync::new(fd)
+                            .flags(types::FsyncFlags::DATASYNC)
+                            .build()
+                            .user_data(ud(i)),
+                    );
+                }
+            }
+            IoOp::Read { buf, segs } => {
+                for (i, s) in segs.iter().enumerate() {
+                    let Ok(len) = u32::try_from(s.len) else {
+                        return Err((fl.op, io::Error::from(io::ErrorKind::InvalidInput)));
+                    };
+                    fl.expect[i] = i32::try_from(len).unwrap_or(i32::MAX);
+                    let ptr = buf[s.buf_off..s.buf_off + s.len].as_mut_ptr();
+                    sqes.push(
+                        opcode::Read::new(fd, ptr, len)
+                            .offset(s.file_off)
+                            .build()
+                            .user_data(ud(i)),
+                    );
+                }
+            }
+        }
+        fl.remaining = u32::try_from(sqes.len()).unwrap_or(u32::MAX);
+        self.slots[slot] = Some(fl);
+        self.sqes_in_flight += sqes.len();
+        for e in &sqes {
+            loop {
+                // SAFETY: every pointer in `e` (iovecs, header, data and read
+                // buffers) points into heap allocations owned by
+                // `self.slots[slot]`, which stays in place until the last CQE
+                // of this slot is reaped in `poll` (or is leaked in `Drop`).
+                let pushed = unsafe { self.ring.submission().push(e) };
+                if pushed.is_ok() {
+                    break;
+                }
+                // Submission queue full: hand what is queued to the kernel.
+                if let Err(err) = self.ring.submit() {
+                    tracing::warn!("io_uring submit failed: {err}");
+                }
+            }
+        }
+        if let Err(err) = self.ring.submit() {
+            // The SQEs stay queued and go out with the next submit.
+            tracing::warn!("io_uring submit failed: {err}");
+        }
+        Ok(())
+    }
+
+    /// Reap completions; finished operations go to `out`.
+    pub fn poll(&mut self, out: &mut Vec<IoDone>) {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            let ud = cqe.user_data();
+            let Ok(slot) = usize::try_from(ud >> 8) else {
+                continue;
+            };
+            let idx = (ud & 0xff) as usize;
+            let res = cqe.result();
+            let Some(Some(fl)) = self.slots.get_mut(slot) else {
+                continue;
+            };
+            self.sqes_in_flight -= 1;
+            if fl.err.is_none() {
+                if res < 0 {
+                    fl.err = Some(io::Error::from_raw_os_error(-res));
+                } else if res != fl.expect[idx] {
+                    fl.err = Some(short(fl.expect[idx], res));
+                }
+            }
+            fl.remaining -= 1;
+            if fl.remaining == 0 {
+                if let Some(fl) = self.slots[slot].take() {
+                    self.free.push(slot);
+                    out.push(IoDone {
+                        token: fl.token,
+                        result: fl.err.map_or(Ok(()), Err),
+                        op: fl.op,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Operations still in the kernel.
+    pub fn in_flight(&self) -> usize {
+        self.sqes_in_flight
+    }
+}
+
+impl Drop for UringExec {
+    fn drop(&mut self) {
+        // Wait (bounded) for the kernel to finish with our buffers.
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            if self.sqes_in_flight == 0 {
+                return;
+            }
+            let _ = self
+                .ring
+                .submitter()
+                .submit_with_args(1, &types::SubmitArgs::new().timespec(
+                    &types::Timespec::new().nsec(10_000_000),
+                ));
+            self.poll(&mut out);
+        }
+        // Still in flight: the kernel may write into these buffers later, so
+        // they must never be freed.
+        for s in self.slots.drain(..).flatten() {
+            std::mem::forget(s);
+        }
+    }
+}
+
+/// Flusher I/O on a private ring: a batch of extent writes is submitted
+/// together and waited for once.
+pub(crate) struct UringFlushIo {
+    ring: IoUring,
+    fd: RawFd,
+}
+
+impl UringFlushIo {
+    pub fn new(fd: RawFd, entries: u32) -> io::Result<UringFlushIo> {
+        Ok(UringFlushIo {
+            ring: IoUring::new(entries)?,
+            fd,
+        })
+    }
+
+    /// Submit prepared entries and wait for all; each must return `expect`.
+    fn run(&mut self, entries: &[(squeue::Entry, i32)]) -> io::Result<()> {
+        let cap = self.ring.params().sq_entries() as usize;
+        let mut first_err = None;
+        for chunk in entries.chunks(cap) {
+            for (i, (e, _)) in chunk.iter().enumerate() {
+                let e = e.clone().user_data(i as u64);
+                // SAFETY: the buffers these entries point to are borrowed by
+                // the caller of `run` for its whole duration, and `run` waits
+                // below for every CQE of the chunk before returning.
+                if unsafe { self.ring.submission().push(&e) }.is_err() {
+                    return Err(io::Error::other("flusher ring full"));
+                }
+            }
+            let mut left = chunk.len();
+            while left > 0 {
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => {
+                        // We cannot tell what the kernel still holds: wait
+                        // for the rest before reporting, so no buffer is
+                        // released early.
+                        first_err.get_or_insert(e);
+                        continue;
+                    }
+                }
+                for cqe in self.ring.completion() {
+                    left -= 1;
+                    let Some((_, want)) = usize::try_from(cqe.user_data())
+                        .ok()
+                        .and_then(|i| chunk.get(i))
+                    else {
+                        continue;
+                    };
+                    let res = cqe.result();
+                    if res < 0 {
+                        first_err.get_or_insert(io::Error::from_raw_os_error(-res));
+                    } else if res != *want {
+                        first_err.get_or_insert(short(*want, res));
+                    }
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl FlushIo for UringFlushIo {
+    fn read(&mut self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let fd = types::Fd(self.fd);
+        let mut entries = Vec::new();
+        for (i, chunk) in buf.chunks_mut(1 << 30).enumerate() {
+            let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            let at = off + ((i as u64) << 30);
+            entries.push((
+                opcode::Read::new(fd, chunk.as_mut_ptr(), len).offset(at).build(),
+                i32::try_from(len).unwrap_or(i32::MAX),
+            ));
+        }
+        self.run(&entries)
+    }
+
+    fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()> {
+        let fd = types::Fd(self.fd);
+        let mut entries = Vec::with_capacity(writes.len());
+        for (off, b) in writes {
+            let len = u32::try_from(b.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            entries.push((
+                opcode::Write::new(fd, b.as_ptr(), len).offset(*off).build(),
+                i32::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            ));
+        }
+        self.run(&entries)
+    }
+
+    fn punch(&mut self, off: u64, len: u64) -> io::Result<()> {
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let e = opcode::Fallocate::new(types::Fd(self.fd), len)
+            .offset(off)
+            .mode(mode)
+            .build();
+        self.run(&[(e, 0)])
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let e = opcode::Fsync::new(types::Fd(self.fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        self.run(&[(e, 0)])
+    }
+}

@@ -1,0 +1,196 @@
+//! The flusher: writes WAL records back to the extent region, advances the
+//! checkpoint and frees WAL space.
+//!
+//! One pass: read the records between the checkpoint and the written
+//! watermark in large chunks; for each, write back the blocks the dirty map
+//! still attributes to it (newer records win); sync; drop those dirty-map
+//! entries; persist the new checkpoint and tail; only then let writers reuse
+//! the space (bumping `reclaim_seq` first, so a read that raced with the
+//! reuse notices and retries).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::FlushIo;
+use crate::dirty_map::Segment;
+use crate::error::{Error, Result};
+use crate::stats::Stats;
+use crate::volume::{lock, Inner};
+use crate::wal::{ring_pieces, RecordHeader, RecordKind, HEADER_LEN};
+
+const CHUNK: u64 = 8 << 20;
+
+fn flush_io(inner: &Inner) -> Box<dyn FlushIo> {
+    #[cfg(feature = "backend-uring")]
+    if let crate::volume::BackendKind::Uring { fd } = inner.backend {
+        match crate::backend::engine_uring::UringFlushIo::new(fd, inner.cfg.uring_entries) {
+            Ok(f) => return Box::new(f),
+            Err(e) => tracing::warn!("flusher: io_uring unavailable ({e}); using pwrite"),
+        }
+    }
+    Box::new(crate::backend::engine_std::StdFlushIo {
+        storage: Arc::clone(&inner.storage),
+    })
+}
+
+/// Thread body.
+pub(crate) fn run(inner: &Arc<Inner>) {
+    let mut fio = flush_io(inner);
+    loop {
+        let stop = {
+            let mut req = lock(&inner.flush);
+            if !req.kick && !req.stop {
+                let (r, _) = inner
+                    .flush_cv
+                    .wait_timeout(req, inner.cfg.flush_interval)
+                    .unwrap_or_else(|p| p.into_inner());
+                req = r;
+            }
+            req.kick = false;
+            inner.flush_kicked.store(false, Ordering::Release);
+            req.stop
+        };
+        if !inner.is_failed.load(Ordering::Acquire) {
+            if let Err(e) = pass(inner, &mut *fio) {
+                Stats::add(&inner.stats.flusher_errors, 1);
+                inner.fail(&format!("flusher: {e}"));
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn read_ring(inner: &Inner, fio: &mut dyn FlushIo, logical: u64, buf: &mut [u8]) -> Result<()> {
+    let mut at = 0usize;
+    for (off, len) in ring_pieces(inner.wal_offset, inner.wal_size, logical, buf.len() as u64) {
+        let len = usize::try_from(len).map_err(|_| Error::Corrupt("WAL piece too large".into()))?;
+        if len > 0 {
+            fio.read(&mut buf[at..at + len], off)?;
+            at += len;
+        }
+    }
+    Ok(())
+}
+
+struct Rec {
+    hdr: RecordHeader,
+    /// Offset of the record in the chunk buffer.
+    at: usize,
+}
+
+/// Write back everything written so far. Returns the records written back.
+pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo) -> Result<u64> {
+    let started = Instant::now();
+    let mut total = 0u64;
+    let bs = u64::from(inner.block_size);
+    let mut chunk = Vec::new();
+    let mut segs: Vec<Segment> = Vec::new();
+    loop {
+        let upto = inner.gc.written();
+        let (tail, ckpt, gen) = {
+            let st = lock(&inner.sb);
+            (st.sb.wal_tail, st.sb.checkpoint_lsn, st.sb.wal_gen)
+        };
+        if upto <= ckpt {
+            break;
+        }
+        let head = lock(&inner.alloc).head;
+        // Read a chunk; a record larger than it is read on its own.
+        let mut want = (head - tail).min(CHUNK);
+        let mut hb = [0u8; HEADER_LEN];
+        read_ring(inner, fio, tail, &mut hb)?;
+        let first = RecordHeader::decode(&hb, inner.block_size)
+            .ok_or_else(|| Error::Corrupt(format!("no WAL record at tail (LSN {})", ckpt + 1)))?;
+        want = want.max(first.stride());
+        chunk.resize(usize::try_from(want).map_err(|_| Error::Corrupt("chunk".into()))?, 0);
+        read_ring(inner, fio, tail, &mut chunk)?;
+
+        // Parse records up to `upto` that lie wholly inside the chunk.
+        let mut recs = Vec::new();
+        let mut pos = 0usize;
+        let mut expect = ckpt + 1;
+        while expect <= upto && pos + HEADER_LEN <= chunk.len() {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&chunk[pos..pos + HEADER_LEN]);
+            let hdr = RecordHeader::decode(&h, inner.block_size).ok_or_else(|| {
+                Error::Corrupt(format!("WAL record LSN {expect} unreadable before write-back"))
+            })?;
+            let stride = usize::try_from(hdr.stride()).unwrap_or(usize::MAX);
+            if pos.saturating_add(stride) > chunk.len() {
+                break;
+            }
+            let data = &chunk[pos + HEADER_LEN..pos + HEADER_LEN + hdr.data_len as usize];
+            if hdr.lsn != expect || hdr.gen != gen || !RecordHeader::verify(&h, data) {
+                return Err(Error::Corrupt(format!(
+                    "WAL record LSN {expect} failed validation before write-back"
+                )));
+            }
+            recs.push(Rec { hdr, at: pos });
+            pos += stride;
+            expect += 1;
+        }
+        if recs.is_empty() {
+            return Err(Error::Corrupt("flusher made no progress".into()));
+        }
+
+        // What to write: the pieces still attributed to each record.
+        let mut writes: Vec<(u64, &[u8])> = Vec::new();
+        let mut punches: Vec<(u64, u64)> = Vec::new();
+        {
+            let dirty = lock(&inner.dirty);
+            for r in &recs {
+                let h = &r.hdr;
+                dirty.lookup(h.lba, u64::from(h.blocks), &mut segs);
+                for s in &segs {
+                    if s.dirty.map(|(l, _)| l) != Some(h.lsn) {
+                        continue;
+                    }
+                    let file_off = inner.extent_offset + s.lba * bs;
+                    let bytes = s.len * bs;
+                    match h.kind {
+                        RecordKind::Write => {
+                            let o = r.at + HEADER_LEN + usize::try_from((s.lba - h.lba) * bs).unwrap_or(0);
+                            let n = usize::try_from(bytes).unwrap_or(0);
+                            writes.push((file_off, &chunk[o..o + n]));
+                        }
+                        RecordKind::Trim | RecordKind::Zero => punches.push((file_off, bytes)),
+                    }
+                }
+            }
+        }
+        let wbytes: u64 = writes.iter().map(|w| w.1.len() as u64).sum();
+        fio.write_batch(&writes)?;
+        for (off, len) in punches {
+            fio.punch(off, len)?;
+        }
+        fio.sync()?;
+        Stats::add(&inner.stats.fdatasyncs, 1);
+        {
+            let mut dirty = lock(&inner.dirty);
+            for r in &recs {
+                dirty.remove_if_lsn(r.hdr.lba, u64::from(r.hdr.blocks), r.hdr.lsn);
+            }
+        }
+        let new_tail = tail + pos as u64;
+        let new_ckpt = expect - 1;
+        inner.persist_sb(|sb| {
+            sb.checkpoint_lsn = new_ckpt;
+            sb.wal_tail = new_tail;
+        })?;
+        inner.reclaim_seq.fetch_add(1, Ordering::SeqCst);
+        lock(&inner.alloc).tail = new_tail;
+        inner.wake_space_waiters();
+        let n = recs.len() as u64;
+        total += n;
+        Stats::add(&inner.stats.flusher_runs, 1);
+        Stats::add(&inner.stats.flusher_records, n);
+        Stats::add(&inner.stats.flusher_bytes, wbytes);
+    }
+    if total > 0 {
+        tracing::trace!(records = total, elapsed_us = started.elapsed().as_micros() as u64, "flusher pass");
+    }
+    Ok(total)
+}

@@ -1,0 +1,229 @@
+//! Crash simulator: a [`Storage`] that keeps unsynced writes in memory and,
+//! on a simulated power loss, drops, reorders or tears them at random.
+//!
+//! Reads see every write (like a page cache). `sync_data` makes every write
+//! completed before it durable. [`SimStorage::crash_after`] arms a power loss
+//! at the n-th storage operation from now, so crash points land anywhere in
+//! the engine's sequences (between a WAL write and its sync, between the
+//! flusher's extent writes and its superblock update, ...). After the crash
+//! every operation fails with EIO; [`SimStorage::crash_image`] is what the disk
+//! holds, and [`SimStorage::from_image`] boots a new "machine" from it.
+//!
+//! Simplification: `set_len` is durable at once (the engine syncs after it
+//! anyway). Punching a hole is modelled as a write of zeros.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::storage::Storage;
+
+const SECTOR: usize = 512;
+
+struct State {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<(u64, Vec<u8>)>,
+    crash_image: Option<Vec<u8>>,
+    rng: StdRng,
+}
+
+/// In-memory storage with simulated power loss.
+pub struct SimStorage {
+    state: Mutex<State>,
+    ops: AtomicU64,
+    crash_at: AtomicU64,
+    syncs: AtomicU64,
+    jitter: bool,
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl SimStorage {
+    /// An empty device; `seed` drives every random choice of the crash.
+    pub fn new(seed: u64) -> SimStorage {
+        SimStorage::from_image(Vec::new(), seed)
+    }
+
+    /// A device whose durable content is `image`.
+    pub fn from_image(image: Vec<u8>, seed: u64) -> SimStorage {
+        SimStorage {
+            state: Mutex::new(State {
+                current: image.clone(),
+                durable: image,
+                pending: Vec::new(),
+                crash_image: None,
+                rng: StdRng::seed_from_u64(seed),
+            }),
+            ops: AtomicU64::new(0),
+            crash_at: AtomicU64::new(u64::MAX),
+            syncs: AtomicU64::new(0),
+            jitter: true,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lose power just before the `n`-th storage operation from now.
+    pub fn crash_after(&self, n: u64) {
+        let now = self.ops.load(Ordering::SeqCst);
+        self.crash_at.store(now.saturating_add(n), Ordering::SeqCst);
+    }
+
+    /// Lose power now.
+    pub fn crash_now(&self) {
+        let mut st = self.lock();
+        Self::crash_locked(&mut st);
+    }
+
+    /// Whether power was lost.
+    pub fn crashed(&self) -> bool {
+        self.lock().crash_image.is_some()
+    }
+
+    /// Storage operations so far.
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::SeqCst)
+    }
+
+    /// fdatasync calls so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+
+    /// What the disk holds after the power loss (`None` before it).
+    pub fn crash_image(&self) -> Option<Vec<u8>> {
+        self.lock().crash_image.clone()
+    }
+
+    /// The content as reads see it now (for tests that reopen without a crash).
+    pub fn current_image(&self) -> Vec<u8> {
+        self.lock().current.clone()
+    }
+
+    fn crash_locked(st: &mut State) {
+        if st.crash_image.is_some() {
+            return;
+        }
+        let mut img = st.durable.clone();
+        let mut pending = std::mem::take(&mut st.pending);
+        if st.rng.gen_bool(0.5) {
+            pending.shuffle(&mut st.rng);
+        }
+        for (off, data) in pending {
+            match st.rng.gen_range(0..10) {
+                0..=2 => {} // lost
+                3..=6 => apply(&mut img, off, &data),
+                _ => {
+                    // torn: each sector independently
+                    let mut s = 0;
+                    while s < data.len() {
+                        let e = (s + SECTOR).min(data.len());
+                        if st.rng.gen_bool(0.5) {
+                            apply(&mut img, off + s as u64, &data[s..e]);
+                        }
+                        s = e;
+                    }
+                }
+            }
+        }
+        st.crash_image = Some(img);
+    }
+
+    /// Count an operation; crash first if it is the armed one.
+    fn begin(&self) -> io::Result<std::sync::MutexGuard<'_, State>> {
+        if self.jitter && self.ops.load(Ordering::Relaxed) % 7 == 3 {
+            std::thread::yield_now();
+        }
+        let n = self.ops.fetch_add(1, Ordering::SeqCst);
+        let mut st = self.lock();
+        if n >= self.crash_at.load(Ordering::SeqCst) {
+            Self::crash_locked(&mut st);
+        }
+        if st.crash_image.is_some() {
+            return Err(eio());
+        }
+        Ok(st)
+    }
+}
+
+fn apply(img: &mut Vec<u8>, off: u64, data: &[u8]) {
+    let Ok(off) = usize::try_from(off) else {
+        return;
+    };
+    let end = off + data.len();
+    if img.len() < end {
+        img.resize(end, 0);
+    }
+    img[off..end].copy_from_slice(data);
+}
+
+impl Storage for SimStorage {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let st = self.begin()?;
+        buf.fill(0);
+        let off = usize::try_from(off).map_err(|_| eio())?;
+        if off < st.current.len() {
+            let n = buf.len().min(st.current.len() - off);
+            buf[..n].copy_from_slice(&st.current[off..off + n]);
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, bufs: &[&[u8]], off: u64) -> io::Result<()> {
+        let mut st = self.begin()?;
+        let data: Vec<u8> = bufs.concat();
+        apply(&mut st.current, off, &data);
+        st.pending.push((off, data));
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut st = self.begin()?;
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        let pending = std::mem::take(&mut st.pending);
+        for (off, data) in pending {
+            apply(&mut st.durable, off, &data);
+        }
+        Ok(())
+    }
+
+    fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| eio())?;
+        let zeros = vec![0u8; len];
+        self.write_at(&[&zeros], off)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let st = self.lock();
+        if st.crash_image.is_some() {
+            return Err(eio());
+        }
+        Ok(st.current.len() as u64)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut st = self.begin()?;
+        let len = usize::try_from(len).map_err(|_| eio())?;
+        st.current.resize(len, 0);
+        st.durable.resize(len, 0);
+        for (off, data) in &mut st.pending {
+            let o = usize::try_from(*off).unwrap_or(usize::MAX);
+            data.truncate(len.saturating_sub(o));
+        }
+        Ok(())
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
