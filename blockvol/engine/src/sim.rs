@@ -36,10 +36,21 @@ struct State {
 /// In-memory storage with simulated power loss.
 pub struct SimStorage {
     state: Mutex<State>,
+    stall: Mutex<Option<(u64, u64)>>,
+    stall_cv: std::sync::Condvar,
     ops: AtomicU64,
     crash_at: AtomicU64,
     syncs: AtomicU64,
     jitter: bool,
+}
+
+impl std::fmt::Debug for SimStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimStorage")
+            .field("ops", &self.ops())
+            .field("crashed", &self.crashed())
+            .finish()
+    }
 }
 
 fn eio() -> io::Error {
@@ -62,6 +73,8 @@ impl SimStorage {
                 crash_image: None,
                 rng: StdRng::seed_from_u64(seed),
             }),
+            stall: Mutex::new(None),
+            stall_cv: std::sync::Condvar::new(),
             ops: AtomicU64::new(0),
             crash_at: AtomicU64::new(u64::MAX),
             syncs: AtomicU64::new(0),
@@ -77,6 +90,28 @@ impl SimStorage {
     pub fn crash_after(&self, n: u64) {
         let now = self.ops.load(Ordering::SeqCst);
         self.crash_at.store(now.saturating_add(n), Ordering::SeqCst);
+    }
+
+    /// Make writes that touch `[start, end)` block until [`SimStorage::unstall`]
+    /// (a stuck disk region: e.g. the extent region, to stall the flusher).
+    pub fn stall(&self, start: u64, end: u64) {
+        *self.stall.lock().unwrap_or_else(|p| p.into_inner()) = Some((start, end));
+    }
+
+    /// Release a [`SimStorage::stall`].
+    pub fn unstall(&self) {
+        *self.stall.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.stall_cv.notify_all();
+    }
+
+    fn wait_stall(&self, off: u64, len: u64) {
+        let mut g = self.stall.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((s, e)) = *g {
+            if off + len <= s || off >= e {
+                break;
+            }
+            g = self.stall_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Lose power now.
@@ -180,8 +215,9 @@ impl Storage for SimStorage {
     }
 
     fn write_at(&self, bufs: &[&[u8]], off: u64) -> io::Result<()> {
-        let mut st = self.begin()?;
         let data: Vec<u8> = bufs.concat();
+        self.wait_stall(off, data.len() as u64);
+        let mut st = self.begin()?;
         apply(&mut st.current, off, &data);
         st.pending.push((off, data));
         Ok(())

@@ -25,7 +25,8 @@ struct InFlight {
     op: IoOp,
     /// iovecs of the (up to two) writev SQEs, two each.
     iov: Box<[libc::iovec; 4]>,
-    expect: [i32; 8],
+    /// Expected result of each SQE.
+    expect: Vec<i32>,
     remaining: u32,
     err: Option<io::Error>,
 }
@@ -37,8 +38,12 @@ pub(crate) struct UringExec {
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     sqes_in_flight: usize,
-    cap: usize,
+    spare: Vec<Vec<i32>>,
+    sqes: Vec<squeue::Entry>,
 }
+
+/// SQE index bits in the user data (the slot is above them).
+const IDX_BITS: u32 = 20;
 
 fn short(expected: i32, got: i32) -> io::Error {
     io::Error::new(
@@ -55,14 +60,14 @@ impl UringExec {
     pub fn new(fd: RawFd, entries: u32, notify_fd: RawFd) -> io::Result<UringExec> {
         let ring = IoUring::new(entries)?;
         ring.submitter().register_eventfd(notify_fd)?;
-        let cap = ring.params().cq_entries() as usize;
         Ok(UringExec {
             ring,
             fd,
             slots: Vec::new(),
             free: Vec::new(),
             sqes_in_flight: 0,
-            cap,
+            spare: Vec::new(),
+            sqes: Vec::new(),
         })
     }
 
@@ -75,16 +80,17 @@ impl UringExec {
         }
     }
 
-    /// Queue `op`. `Err(op)` when the ring has no room now (retry after
-    /// [`UringExec::poll`]) or the op has more pieces than a ring can take.
+    /// Queue `op`. More SQEs than the ring holds are fine: a full
+    /// submission queue is handed to the kernel and refilled, and the kernel
+    /// keeps completions that overflow the completion queue (NODROP).
     pub fn submit(&mut self, token: u64, op: IoOp) -> Result<(), (IoOp, io::Error)> {
         let n = Self::sqes_for(&op);
-        if n > 8 || n > self.cap {
+        if n >= 1 << IDX_BITS {
             return Err((op, io::Error::from(io::ErrorKind::InvalidInput)));
         }
-        if self.sqes_in_flight + n > self.cap {
-            return Err((op, io::Error::from(io::ErrorKind::WouldBlock)));
-        }
+        let mut expect = self.spare.pop().unwrap_or_default();
+        expect.clear();
+        expect.resize(n, 0);
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
@@ -98,13 +104,14 @@ impl UringExec {
                     iov_len: 0,
                 }; 4],
             ),
-            expect: [0; 8],
+            expect,
             remaining: 0,
             err: None,
         };
         let fd = types::Fd(self.fd);
-        let mut sqes: Vec<squeue::Entry> = Vec::with_capacity(n);
-        let ud = |i: usize| ((slot as u64) << 8) | i as u64;
+        let mut sqes = std::mem::take(&mut self.sqes);
+        sqes.clear();
+        let ud = |i: usize| ((slot as u64) << IDX_BITS) | i as u64;
         match &mut fl.op {
             IoOp::WalWrite {
                 hdr,
@@ -173,7 +180,8 @@ impl UringExec {
         fl.remaining = u32::try_from(sqes.len()).unwrap_or(u32::MAX);
         self.slots[slot] = Some(fl);
         self.sqes_in_flight += sqes.len();
-        for e in &sqes {
+        for e in sqes.drain(..) {
+            let e = &e;
             loop {
                 // SAFETY: every pointer in `e` (iovecs, header, data and read
                 // buffers) points into heap allocations owned by
@@ -189,6 +197,7 @@ impl UringExec {
                 }
             }
         }
+        self.sqes = sqes;
         if let Err(err) = self.ring.submit() {
             // The SQEs stay queued and go out with the next submit.
             tracing::warn!("io_uring submit failed: {err}");
@@ -202,10 +211,12 @@ impl UringExec {
         cq.sync();
         for cqe in &mut cq {
             let ud = cqe.user_data();
-            let Ok(slot) = usize::try_from(ud >> 8) else {
+            let Ok(slot) = usize::try_from(ud >> IDX_BITS) else {
                 continue;
             };
-            let idx = (ud & 0xff) as usize;
+            let Ok(idx) = usize::try_from(ud & ((1 << IDX_BITS) - 1)) else {
+                continue;
+            };
             let res = cqe.result();
             let Some(Some(fl)) = self.slots.get_mut(slot) else {
                 continue;
@@ -214,7 +225,7 @@ impl UringExec {
             if fl.err.is_none() {
                 if res < 0 {
                     fl.err = Some(io::Error::from_raw_os_error(-res));
-                } else if res != fl.expect[idx] {
+                } else if fl.expect.get(idx).is_some_and(|&want| res != want) {
                     fl.err = Some(short(fl.expect[idx], res));
                 }
             }
@@ -222,6 +233,7 @@ impl UringExec {
             if fl.remaining == 0 {
                 if let Some(fl) = self.slots[slot].take() {
                     self.free.push(slot);
+                    self.spare.push(fl.expect);
                     out.push(IoDone {
                         token: fl.token,
                         result: fl.err.map_or(Ok(()), Err),
