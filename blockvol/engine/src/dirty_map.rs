@@ -293,8 +293,11 @@ mod tests {
 
     fn action() -> impl Strategy<Value = Action> {
         prop_oneof![
-            (0u64..60, 1u64..20, any::<bool>())
-                .prop_map(|(start, len, zero)| Action::Insert { start, len, zero }),
+            (0u64..60, 1u64..20, any::<bool>()).prop_map(|(start, len, zero)| Action::Insert {
+                start,
+                len,
+                zero
+            }),
             (0u64..60, 1u64..20, 0u64..6).prop_map(|(start, len, back)| Action::Remove {
                 start,
                 len,

@@ -2,8 +2,8 @@
 //! checkpoint and frees WAL space.
 //!
 //! One pass: read the records between the checkpoint and the written
-//! watermark in large chunks; for each, write back the blocks the dirty map
-//! still attributes to it (newer records win); sync; drop those dirty-map
+//! watermark in large chunks; for every block, write back the newest record
+//! of the chunk that covers it; sync; drop those dirty-map
 //! entries; persist the new checkpoint and tail; only then let writers reuse
 //! the space (bumping `reclaim_seq` first, so a read that raced with the
 //! reuse notices and retries).
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::FlushIo;
-use crate::dirty_map::Segment;
+use crate::dirty_map::{DirtyMap, Segment, Source};
 use crate::error::{Error, Result};
 use crate::stats::Stats;
 use crate::volume::{lock, Inner};
@@ -105,7 +105,10 @@ pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo) -> Result<u64> {
         let first = RecordHeader::decode(&hb, inner.block_size)
             .ok_or_else(|| Error::Corrupt(format!("no WAL record at tail (LSN {})", ckpt + 1)))?;
         want = want.max(first.stride());
-        chunk.resize(usize::try_from(want).map_err(|_| Error::Corrupt("chunk".into()))?, 0);
+        chunk.resize(
+            usize::try_from(want).map_err(|_| Error::Corrupt("chunk".into()))?,
+            0,
+        );
         read_ring(inner, fio, tail, &mut chunk)?;
 
         // Parse records up to `upto` that lie wholly inside the chunk.
@@ -116,7 +119,9 @@ pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo) -> Result<u64> {
             let mut h = [0u8; HEADER_LEN];
             h.copy_from_slice(&chunk[pos..pos + HEADER_LEN]);
             let hdr = RecordHeader::decode(&h, inner.block_size).ok_or_else(|| {
-                Error::Corrupt(format!("WAL record LSN {expect} unreadable before write-back"))
+                Error::Corrupt(format!(
+                    "WAL record LSN {expect} unreadable before write-back"
+                ))
             })?;
             let stride = usize::try_from(hdr.stride()).unwrap_or(usize::MAX);
             if pos.saturating_add(stride) > chunk.len() {
@@ -136,30 +141,30 @@ pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo) -> Result<u64> {
             return Err(Error::Corrupt("flusher made no progress".into()));
         }
 
-        // What to write: the pieces still attributed to each record.
+        // What to write: for every block, the newest record of this batch
+        // that covers it. Not the dirty map's newest: a newer record beyond
+        // the batch may still be lost in a power failure, and the checkpoint
+        // will move past this one, so its data must reach the extent region.
         let mut writes: Vec<(u64, &[u8])> = Vec::new();
         let mut punches: Vec<(u64, u64)> = Vec::new();
-        {
-            let dirty = lock(&inner.dirty);
-            for r in &recs {
-                let h = &r.hdr;
-                dirty.lookup(h.lba, u64::from(h.blocks), &mut segs);
-                for s in &segs {
-                    if s.dirty.map(|(l, _)| l) != Some(h.lsn) {
-                        continue;
+        let mut covered = DirtyMap::new(inner.block_size);
+        for r in recs.iter().rev() {
+            let h = &r.hdr;
+            covered.lookup(h.lba, u64::from(h.blocks), &mut segs);
+            for s in segs.iter().filter(|s| s.dirty.is_none()) {
+                let file_off = inner.extent_offset + s.lba * bs;
+                let bytes = s.len * bs;
+                match h.kind {
+                    RecordKind::Write => {
+                        let o =
+                            r.at + HEADER_LEN + usize::try_from((s.lba - h.lba) * bs).unwrap_or(0);
+                        let n = usize::try_from(bytes).unwrap_or(0);
+                        writes.push((file_off, &chunk[o..o + n]));
                     }
-                    let file_off = inner.extent_offset + s.lba * bs;
-                    let bytes = s.len * bs;
-                    match h.kind {
-                        RecordKind::Write => {
-                            let o = r.at + HEADER_LEN + usize::try_from((s.lba - h.lba) * bs).unwrap_or(0);
-                            let n = usize::try_from(bytes).unwrap_or(0);
-                            writes.push((file_off, &chunk[o..o + n]));
-                        }
-                        RecordKind::Trim | RecordKind::Zero => punches.push((file_off, bytes)),
-                    }
+                    RecordKind::Trim | RecordKind::Zero => punches.push((file_off, bytes)),
                 }
             }
+            covered.insert(h.lba, u64::from(h.blocks), h.lsn, Source::Zero);
         }
         let wbytes: u64 = writes.iter().map(|w| w.1.len() as u64).sum();
         fio.write_batch(&writes)?;
@@ -190,7 +195,11 @@ pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo) -> Result<u64> {
         Stats::add(&inner.stats.flusher_bytes, wbytes);
     }
     if total > 0 {
-        tracing::trace!(records = total, elapsed_us = started.elapsed().as_micros() as u64, "flusher pass");
+        tracing::trace!(
+            records = total,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "flusher pass"
+        );
     }
     Ok(total)
 }

@@ -115,7 +115,12 @@ struct Deferred {
 }
 
 enum Admit {
-    Go { lsn: u64, off: u64, epoch: u64, gen: u64 },
+    Go {
+        lsn: u64,
+        off: u64,
+        epoch: u64,
+        gen: u64,
+    },
     Soft,
     Hard,
 }
@@ -404,7 +409,8 @@ impl Handle {
                 self.inner.kick_flusher();
                 if now.duration_since(d.since) >= self.inner.cfg.admission_timeout {
                     Stats::add(&self.inner.stats.admission_timeouts, 1);
-                    let waited_ms = u64::try_from(now.duration_since(d.since).as_millis()).unwrap_or(u64::MAX);
+                    let waited_ms =
+                        u64::try_from(now.duration_since(d.since).as_millis()).unwrap_or(u64::MAX);
                     let buf = take_buf(d.op);
                     self.complete_now(d.tag, Err(Error::WalFull { waited_ms }), buf);
                     return None;
@@ -459,7 +465,8 @@ impl Handle {
             // The LSN is taken: without its record the log has a gap, so the
             // volume cannot go on.
             self.take_slot(token);
-            self.inner.fail(&format!("WAL write submission failed: {e}"));
+            self.inner
+                .fail(&format!("WAL write submission failed: {e}"));
             let buf = match op {
                 IoOp::WalWrite { data, .. } if kind == RecordKind::Write => Some(data),
                 _ => None,
@@ -774,7 +781,8 @@ impl SyncHandle {
 
     /// Write zeros.
     pub fn write_zeroes(&mut self, lba: u64, blocks: u32, fua: bool) -> Result<()> {
-        self.execute(Op::WriteZeroes { lba, blocks, fua }).map(|_| ())
+        self.execute(Op::WriteZeroes { lba, blocks, fua })
+            .map(|_| ())
     }
 
     /// Flush.

@@ -46,7 +46,10 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
 pub fn inspect_storage(storage: &dyn Storage) -> Result<Inspection> {
     let (sb, slot) = read_superblock(storage)?;
     let file_len = storage.len()?;
-    let mut slots = [SlotState::Invalid(String::new()), SlotState::Invalid(String::new())];
+    let mut slots = [
+        SlotState::Invalid(String::new()),
+        SlotState::Invalid(String::new()),
+    ];
     let mut notes = Vec::new();
     let mut damage = Vec::new();
     for (i, s) in slots.iter_mut().enumerate() {

@@ -103,7 +103,10 @@ pub fn walk(
             out.stop = WalEnd::Torn { lsn: h.lsn };
             break;
         }
-        if h.lba.checked_add(u64::from(h.blocks)).is_none_or(|e| e > capacity) {
+        if h.lba
+            .checked_add(u64::from(h.blocks))
+            .is_none_or(|e| e > capacity)
+        {
             return Err(Error::Corrupt(format!(
                 "WAL record LSN {} covers blocks {}+{} past the end ({} blocks)",
                 h.lsn, h.lba, h.blocks, capacity

@@ -310,7 +310,8 @@ pub fn choose(a: Result<Superblock>, b: Result<Superblock>) -> Result<(Superbloc
         (Err(_), Ok(b)) => Ok((b, 1)),
         (Err(ea), Err(eb)) => Err(match (ea, eb) {
             (Error::NotAVolume, Error::NotAVolume) => Error::NotAVolume,
-            (e @ Error::UnsupportedVersion { .. }, _) | (_, e @ Error::UnsupportedVersion { .. }) => e,
+            (e @ Error::UnsupportedVersion { .. }, _)
+            | (_, e @ Error::UnsupportedVersion { .. }) => e,
             (Error::NotAVolume, e) | (e, _) => e,
         }),
     }
@@ -352,7 +353,10 @@ mod tests {
         for i in 0..RAW_LEN {
             let mut bad = slot.clone();
             bad[i] ^= 0x40;
-            assert!(Superblock::decode(&bad).is_err(), "byte {i} flip undetected");
+            assert!(
+                Superblock::decode(&bad).is_err(),
+                "byte {i} flip undetected"
+            );
         }
     }
 

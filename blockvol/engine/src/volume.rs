@@ -228,7 +228,9 @@ pub struct Volume {
 
 impl std::fmt::Debug for Volume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Volume").field("info", &self.info()).finish()
+        f.debug_struct("Volume")
+            .field("info", &self.info())
+            .finish()
     }
 }
 
@@ -343,7 +345,11 @@ fn select_backend(
     let standard = |why: String| -> Result<(BackendKind, &'static str, String)> {
         #[cfg(feature = "backend-std")]
         {
-            let pool = crate::backend::engine_std::StdPool::start(Arc::clone(storage), cfg.io_threads, "vol")?;
+            let pool = crate::backend::engine_std::StdPool::start(
+                Arc::clone(storage),
+                cfg.io_threads,
+                "vol",
+            )?;
             Ok((BackendKind::Std(pool), "standard", why))
         }
         #[cfg(not(feature = "backend-std"))]
@@ -630,7 +636,10 @@ impl Volume {
         i.closed.store(true, Ordering::Release);
         let target = lock(&i.alloc).next_lsn - 1;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while i.gc.written() < target && Instant::now() < deadline && !i.is_failed.load(Ordering::Acquire) {
+        while i.gc.written() < target
+            && Instant::now() < deadline
+            && !i.is_failed.load(Ordering::Acquire)
+        {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.stop_threads();

@@ -189,7 +189,9 @@ fn workload(vol: &Volume, shared: &Shared, t: u64, seed: u64, ops: usize, write_
         }
         let mut hist = shared.history.lock().unwrap();
         for (tg, ok) in done {
-            let Some(f) = inflight.remove(&tg) else { continue };
+            let Some(f) = inflight.remove(&tg) else {
+                continue;
+            };
             if !ok {
                 failed = true;
                 continue;
@@ -287,12 +289,18 @@ fn one_crash(seed: u64, write_cache: bool) {
     verify(&vol, &shared, seed);
     // The recovered volume works, and replay is idempotent: a second
     // (clean) reopen shows the same content.
-    let before = SyncHandle::new(vol.handle().unwrap()).read(0, BLOCKS).unwrap();
+    let before = SyncHandle::new(vol.handle().unwrap())
+        .read(0, BLOCKS)
+        .unwrap();
     vol.close().unwrap();
     let again = Arc::new(SimStorage::from_image(storage.current_image(), seed + 9));
     let vol = Volume::open_storage(again as Arc<dyn Storage>, &cfg).unwrap();
     let mut h = SyncHandle::new(vol.handle().unwrap());
-    assert_eq!(h.read(0, BLOCKS).unwrap(), before, "seed {seed}: reopen changed content");
+    assert_eq!(
+        h.read(0, BLOCKS).unwrap(),
+        before,
+        "seed {seed}: reopen changed content"
+    );
     h.write(0, &pattern(u64::MAX - 1, 0, 1), true).unwrap();
 }
 
@@ -304,7 +312,10 @@ fn iterations() -> u64 {
 }
 
 fn run(write_cache: bool, salt: u64) {
-    if let Some(seed) = std::env::var("KEEL_CRASH_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = std::env::var("KEEL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         one_crash(seed, write_cache);
         return;
     }

@@ -58,14 +58,19 @@ fn record_data_offset(n: usize) -> usize {
 #[test]
 fn one_corrupt_superblock_slot_is_survived_both_is_an_error() {
     let (s, v) = sim_volume(&VolumeConfig::default());
-    SyncHandle::new(v.handle().unwrap()).write(3, &block(9), true).unwrap();
+    SyncHandle::new(v.handle().unwrap())
+        .write(3, &block(9), true)
+        .unwrap();
     v.close().unwrap();
     let img = s.current_image();
     for slot in 0..2 {
         let mut bad = img.clone();
         bad[slot * 4096 + 100] ^= 1;
         let (_, v) = reopen(bad, &VolumeConfig::default()).unwrap();
-        assert_eq!(SyncHandle::new(v.handle().unwrap()).read(3, 1).unwrap(), block(9));
+        assert_eq!(
+            SyncHandle::new(v.handle().unwrap()).read(3, 1).unwrap(),
+            block(9)
+        );
     }
     let mut bad = img.clone();
     bad[100] ^= 1;
@@ -83,10 +88,16 @@ fn wrong_magic_version_and_truncation_are_typed_errors() {
     let mut bad = img.clone();
     bad[..8].copy_from_slice(b"NOTKEEL!");
     bad[4096..4104].copy_from_slice(b"NOTKEEL!");
-    assert_eq!(reopen(bad, &VolumeConfig::default()).unwrap_err().kind(), ErrorKind::NotAVolume);
+    assert_eq!(
+        reopen(bad, &VolumeConfig::default()).unwrap_err().kind(),
+        ErrorKind::NotAVolume
+    );
 
     let zeros = vec![0u8; img.len()];
-    assert_eq!(reopen(zeros, &VolumeConfig::default()).unwrap_err().kind(), ErrorKind::NotAVolume);
+    assert_eq!(
+        reopen(zeros, &VolumeConfig::default()).unwrap_err().kind(),
+        ErrorKind::NotAVolume
+    );
 
     let mut short = img.clone();
     short.truncate(img.len() - 4096);
@@ -95,7 +106,10 @@ fn wrong_magic_version_and_truncation_are_typed_errors() {
 
     let mut tiny = img.clone();
     tiny.truncate(100);
-    assert_eq!(reopen(tiny, &VolumeConfig::default()).unwrap_err().kind(), ErrorKind::Truncated);
+    assert_eq!(
+        reopen(tiny, &VolumeConfig::default()).unwrap_err().kind(),
+        ErrorKind::Truncated
+    );
 }
 
 #[test]
@@ -116,7 +130,10 @@ fn corrupt_wal_record_ends_replay_there() {
     img[record_data_offset(2) + 10] ^= 0xff;
     let insp = inspect_storage(&SimStorage::from_image(img.clone(), 1)).unwrap();
     assert_eq!(insp.wal.records, 2);
-    assert!(matches!(insp.wal.stop, keel_blockvol::recovery::WalEnd::Torn { lsn: 3 }));
+    assert!(matches!(
+        insp.wal.stop,
+        keel_blockvol::recovery::WalEnd::Torn { lsn: 3 }
+    ));
     let (_, v) = reopen(img, &cfg).unwrap();
     let mut h = SyncHandle::new(v.handle().unwrap());
     assert_eq!(h.read(0, 1).unwrap(), block(1));
@@ -155,7 +172,11 @@ fn records_left_from_before_a_crash_are_never_replayed_later() {
     let mut h = SyncHandle::new(v.handle().unwrap());
     assert_eq!(h.read(10, 1).unwrap(), block(1));
     assert_eq!(h.read(20, 1).unwrap(), block(7));
-    assert_eq!(h.read(12, 1).unwrap(), block(0), "a stale record was replayed");
+    assert_eq!(
+        h.read(12, 1).unwrap(),
+        block(0),
+        "a stale record was replayed"
+    );
 }
 
 #[test]
@@ -178,7 +199,15 @@ fn wal_full_with_a_stuck_flusher_fails_writes_cleanly_then_recovers() {
     let mut h = v.handle().unwrap();
     let mut full_at = None;
     for i in 0..400u64 {
-        h.submit(i, Op::Write { lba: i % 2048, buf: vec![1u8; 512], fua: false }).unwrap();
+        h.submit(
+            i,
+            Op::Write {
+                lba: i % 2048,
+                buf: vec![1u8; 512],
+                fua: false,
+            },
+        )
+        .unwrap();
         let mut res = None;
         while res.is_none() {
             h.poll_completions(|c| res = Some(c.result));
@@ -194,7 +223,10 @@ fn wal_full_with_a_stuck_flusher_fails_writes_cleanly_then_recovers() {
     }
     let full_at = full_at.expect("the WAL never filled");
     let st = v.status();
-    assert!(st.stats.admission_hard_waits > 0 && st.stats.admission_timeouts > 0, "{st:?}");
+    assert!(
+        st.stats.admission_hard_waits > 0 && st.stats.admission_timeouts > 0,
+        "{st:?}"
+    );
     assert_ne!(st.pressure, Pressure::Normal, "{st:?}");
     assert!(st.wal_used_fraction > 0.7, "{st:?}");
     assert!(st.stats.admission_soft_waits > 0);
@@ -217,15 +249,59 @@ fn out_of_range_and_malformed_requests_come_back_with_their_buffer() {
     let mut h = v.handle().unwrap();
     let cap = v.info().blocks;
     for (op, kind) in [
-        (Op::Read { lba: cap, buf: vec![0; 512] }, ErrorKind::OutOfRange),
-        (Op::Read { lba: cap - 1, buf: vec![0; 1024] }, ErrorKind::OutOfRange),
-        (Op::Write { lba: u64::MAX, buf: vec![0; 512], fua: false }, ErrorKind::OutOfRange),
-        (Op::Write { lba: 0, buf: vec![0; 100], fua: false }, ErrorKind::InvalidArgument),
-        (Op::Write { lba: 0, buf: vec![], fua: false }, ErrorKind::InvalidArgument),
-        (Op::Trim { lba: 0, blocks: 0 }, ErrorKind::InvalidArgument),
-        (Op::WriteZeroes { lba: cap - 1, blocks: 2, fua: false }, ErrorKind::OutOfRange),
         (
-            Op::Write { lba: 0, buf: vec![0; 512 * (v.info().max_write_blocks as usize + 1)], fua: false },
+            Op::Read {
+                lba: cap,
+                buf: vec![0; 512],
+            },
+            ErrorKind::OutOfRange,
+        ),
+        (
+            Op::Read {
+                lba: cap - 1,
+                buf: vec![0; 1024],
+            },
+            ErrorKind::OutOfRange,
+        ),
+        (
+            Op::Write {
+                lba: u64::MAX,
+                buf: vec![0; 512],
+                fua: false,
+            },
+            ErrorKind::OutOfRange,
+        ),
+        (
+            Op::Write {
+                lba: 0,
+                buf: vec![0; 100],
+                fua: false,
+            },
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            Op::Write {
+                lba: 0,
+                buf: vec![],
+                fua: false,
+            },
+            ErrorKind::InvalidArgument,
+        ),
+        (Op::Trim { lba: 0, blocks: 0 }, ErrorKind::InvalidArgument),
+        (
+            Op::WriteZeroes {
+                lba: cap - 1,
+                blocks: 2,
+                fua: false,
+            },
+            ErrorKind::OutOfRange,
+        ),
+        (
+            Op::Write {
+                lba: 0,
+                buf: vec![0; 512 * (v.info().max_write_blocks as usize + 1)],
+                fua: false,
+            },
             ErrorKind::InvalidArgument,
         ),
     ] {
@@ -262,18 +338,30 @@ fn expand_online_then_reopen() {
     let (s, v) = sim_volume(&VolumeConfig::default());
     let mut h = SyncHandle::new(v.handle().unwrap());
     let cap = v.info().blocks;
-    assert_eq!(h.write(cap, &block(1), false).unwrap_err().kind(), ErrorKind::OutOfRange);
+    assert_eq!(
+        h.write(cap, &block(1), false).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
     v.expand(2 << 20).unwrap();
     assert_eq!(v.info().blocks, cap * 2);
     h.write(cap, &block(4), true).unwrap();
     assert_eq!(h.read(cap, 1).unwrap(), block(4));
-    assert_eq!(v.expand(1 << 20).unwrap_err().kind(), ErrorKind::InvalidArgument);
-    assert_eq!(v.expand((2 << 20) + 100).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        v.expand(1 << 20).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        v.expand((2 << 20) + 100).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     drop(h);
     v.close().unwrap();
     let (_, v) = reopen(s.current_image(), &VolumeConfig::default()).unwrap();
     assert_eq!(v.info().blocks, cap * 2);
-    assert_eq!(SyncHandle::new(v.handle().unwrap()).read(cap, 1).unwrap(), block(4));
+    assert_eq!(
+        SyncHandle::new(v.handle().unwrap()).read(cap, 1).unwrap(),
+        block(4)
+    );
 }
 
 #[test]
@@ -281,14 +369,25 @@ fn replication_fields_persist_and_are_validated() {
     let (s, v) = sim_volume(&VolumeConfig::default());
     v.set_epoch(7).unwrap();
     v.set_role(keel_blockvol::Role::Primary).unwrap();
-    v.set_durability(keel_blockvol::DurabilityMode::SyncAll).unwrap();
-    assert_eq!(v.set_epoch(3).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    v.set_durability(keel_blockvol::DurabilityMode::SyncAll)
+        .unwrap();
+    assert_eq!(
+        v.set_epoch(3).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     v.close().unwrap();
     let (_, v) = reopen(s.current_image(), &VolumeConfig::default()).unwrap();
     let sb = v.superblock();
     assert_eq!(
         (sb.epoch, sb.role, sb.durability),
-        (7, keel_blockvol::Role::Primary, keel_blockvol::DurabilityMode::SyncAll)
+        (
+            7,
+            keel_blockvol::Role::Primary,
+            keel_blockvol::DurabilityMode::SyncAll
+        )
     );
-    assert_eq!(v.expand(4 << 20).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        v.expand(4 << 20).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
 }

@@ -13,12 +13,28 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Act {
-    Write { lba: u64, blocks: u64, seed: u8, fua: bool },
-    Trim { lba: u64, blocks: u64 },
-    Zero { lba: u64, blocks: u64 },
-    Read { lba: u64, blocks: u64 },
+    Write {
+        lba: u64,
+        blocks: u64,
+        seed: u8,
+        fua: bool,
+    },
+    Trim {
+        lba: u64,
+        blocks: u64,
+    },
+    Zero {
+        lba: u64,
+        blocks: u64,
+    },
+    Read {
+        lba: u64,
+        blocks: u64,
+    },
     Flush,
-    Expand { add: u64 },
+    Expand {
+        add: u64,
+    },
     Reopen,
     WriteCache(bool),
 }
@@ -50,7 +66,13 @@ fn open(at: &Where, cfg: &VolumeConfig) -> Volume {
     }
 }
 
-fn run(acts: &[Act], backend: BackendMode, sim: bool, block_size: u32, dir: &Path) -> Result<(), TestCaseError> {
+fn run(
+    acts: &[Act],
+    backend: BackendMode,
+    sim: bool,
+    block_size: u32,
+    dir: &Path,
+) -> Result<(), TestCaseError> {
     let bs = block_size as usize;
     let opts = CreateOptions {
         size: 96 * block_size as u64,
@@ -82,7 +104,12 @@ fn run(acts: &[Act], backend: BackendMode, sim: bool, block_size: u32, dir: &Pat
             (lba, blocks.min(cap - lba))
         };
         match *a {
-            Act::Write { lba, blocks, seed, fua } => {
+            Act::Write {
+                lba,
+                blocks,
+                seed,
+                fua,
+            } => {
                 let (lba, blocks) = clamp(lba, blocks.min(maxw));
                 let data: Vec<u8> = (0..blocks as usize * bs)
                     .map(|i| seed.wrapping_add((i / 7) as u8))
@@ -103,7 +130,10 @@ fn run(acts: &[Act], backend: BackendMode, sim: bool, block_size: u32, dir: &Pat
             Act::Read { lba, blocks } => {
                 let (lba, blocks) = clamp(lba, blocks);
                 let got = h.read(lba, blocks).unwrap();
-                prop_assert!(got == model[lba as usize * bs..][..got.len()], "read {lba}+{blocks} differs");
+                prop_assert!(
+                    got == model[lba as usize * bs..][..got.len()],
+                    "read {lba}+{blocks} differs"
+                );
             }
             Act::Flush => h.flush().unwrap(),
             Act::Expand { add } => {
@@ -127,7 +157,9 @@ fn run(acts: &[Act], backend: BackendMode, sim: bool, block_size: u32, dir: &Pat
     vol.close().unwrap();
     // And once more after a reopen.
     let vol = open(&at, &cfg);
-    let all = SyncHandle::new(vol.handle().unwrap()).read(0, (model.len() / bs) as u64).unwrap();
+    let all = SyncHandle::new(vol.handle().unwrap())
+        .read(0, (model.len() / bs) as u64)
+        .unwrap();
     prop_assert!(all == model, "content differs after reopen");
     Ok(())
 }

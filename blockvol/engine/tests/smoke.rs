@@ -11,10 +11,24 @@ fn write_read_flush_reopen() {
     each_backend(|backend| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.keel");
-        let cfg = VolumeConfig { backend, ..Default::default() };
-        let opts = CreateOptions { size: 8 << 20, block_size: 4096, wal_size: 1 << 20 };
+        let cfg = VolumeConfig {
+            backend,
+            ..Default::default()
+        };
+        let opts = CreateOptions {
+            size: 8 << 20,
+            block_size: 4096,
+            wal_size: 1 << 20,
+        };
         let vol = Volume::create(&path, &opts, &cfg).unwrap();
-        assert_eq!(vol.status().backend, if backend == BackendMode::Standard { "standard" } else { "io_uring" });
+        assert_eq!(
+            vol.status().backend,
+            if backend == BackendMode::Standard {
+                "standard"
+            } else {
+                "io_uring"
+            }
+        );
         let mut h = SyncHandle::new(vol.handle().unwrap());
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
         h.write(10, &data, false).unwrap();
@@ -28,7 +42,10 @@ fn write_read_flush_reopen() {
         h.trim(0, 5).unwrap();
         assert_eq!(h.read(0, 5).unwrap(), vec![0u8; 5 * 4096]);
         let st = vol.status();
-        assert!(st.stats.flusher_runs > 0 && st.stats.linked_syncs > 0, "{st:?}");
+        assert!(
+            st.stats.flusher_runs > 0 && st.stats.linked_syncs > 0,
+            "{st:?}"
+        );
         drop(h);
         vol.close().unwrap();
         let vol = Volume::open(&path, &cfg).unwrap();

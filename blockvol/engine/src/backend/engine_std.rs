@@ -31,7 +31,11 @@ pub(crate) struct StdPool {
 }
 
 impl StdPool {
-    pub fn start(storage: Arc<dyn Storage>, threads: usize, name: &str) -> std::io::Result<StdPool> {
+    pub fn start(
+        storage: Arc<dyn Storage>,
+        threads: usize,
+        name: &str,
+    ) -> std::io::Result<StdPool> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {

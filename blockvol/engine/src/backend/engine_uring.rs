@@ -258,12 +258,10 @@ impl Drop for UringExec {
             if self.sqes_in_flight == 0 {
                 return;
             }
-            let _ = self
-                .ring
-                .submitter()
-                .submit_with_args(1, &types::SubmitArgs::new().timespec(
-                    &types::Timespec::new().nsec(10_000_000),
-                ));
+            let _ = self.ring.submitter().submit_with_args(
+                1,
+                &types::SubmitArgs::new().timespec(&types::Timespec::new().nsec(10_000_000)),
+            );
             self.poll(&mut out);
         }
         // Still in flight: the kernel may write into these buffers later, so
@@ -345,7 +343,9 @@ impl FlushIo for UringFlushIo {
             let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
             let at = off + ((i as u64) << 30);
             entries.push((
-                opcode::Read::new(fd, chunk.as_mut_ptr(), len).offset(at).build(),
+                opcode::Read::new(fd, chunk.as_mut_ptr(), len)
+                    .offset(at)
+                    .build(),
                 i32::try_from(len).unwrap_or(i32::MAX),
             ));
         }
@@ -356,7 +356,8 @@ impl FlushIo for UringFlushIo {
         let fd = types::Fd(self.fd);
         let mut entries = Vec::with_capacity(writes.len());
         for (off, b) in writes {
-            let len = u32::try_from(b.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let len =
+                u32::try_from(b.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
             entries.push((
                 opcode::Write::new(fd, b.as_ptr(), len).offset(*off).build(),
                 i32::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
