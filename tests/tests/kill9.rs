@@ -2,6 +2,11 @@
 //! after each kill the volume reopens, every durable write is there, and
 //! every block holds zeros or exactly one write's pattern that is not older
 //! than its last durable write.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test arithmetic on small values
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};

@@ -258,6 +258,7 @@ impl DirtyMap {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test indices are small
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -23,13 +23,14 @@ const CHUNK: u64 = 8 << 20;
 
 fn flush_io(inner: &Inner) -> Box<dyn FlushIo> {
     #[cfg(feature = "backend-uring")]
+    #[allow(irrefutable_let_patterns)] // one variant when std is compiled out
     if let crate::volume::BackendKind::Uring { fd } = inner.backend {
         match crate::backend::engine_uring::UringFlushIo::new(fd, inner.cfg.uring_entries) {
             Ok(f) => return Box::new(f),
             Err(e) => tracing::warn!("flusher: io_uring unavailable ({e}); using pwrite"),
         }
     }
-    Box::new(crate::backend::engine_std::StdFlushIo {
+    Box::new(crate::backend::StdFlushIo {
         storage: Arc::clone(&inner.storage),
     })
 }
@@ -197,7 +198,7 @@ pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo) -> Result<u64> {
     if total > 0 {
         tracing::trace!(
             records = total,
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "flusher pass"
         );
     }

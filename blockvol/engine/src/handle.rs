@@ -84,7 +84,7 @@ enum Exec {
     #[cfg(feature = "backend-std")]
     Std,
     #[cfg(feature = "backend-uring")]
-    Uring(crate::backend::engine_uring::UringExec),
+    Uring(Box<crate::backend::engine_uring::UringExec>),
 }
 
 enum Pending {
@@ -154,11 +154,13 @@ impl Handle {
             #[cfg(feature = "backend-std")]
             BackendKind::Std(_) => Exec::Std,
             #[cfg(feature = "backend-uring")]
-            BackendKind::Uring { fd } => Exec::Uring(crate::backend::engine_uring::UringExec::new(
-                *fd,
-                inner.cfg.uring_entries,
-                notifier.fd(),
-            )?),
+            BackendKind::Uring { fd } => {
+                Exec::Uring(Box::new(crate::backend::engine_uring::UringExec::new(
+                    *fd,
+                    inner.cfg.uring_entries,
+                    notifier.fd(),
+                )?))
+            }
         };
         Ok(Handle {
             inner,
@@ -318,7 +320,9 @@ impl Handle {
         match &mut self.exec {
             #[cfg(feature = "backend-std")]
             Exec::Std => {
-                let BackendKind::Std(pool) = &self.inner.backend else {
+                #[allow(irrefutable_let_patterns)] // one variant when io_uring is compiled out
+                let BackendKind::Std(pool) = &self.inner.backend
+                else {
                     return Err((op, std::io::Error::other("backend mismatch")));
                 };
                 pool.submit(token, op, &self.notifier)

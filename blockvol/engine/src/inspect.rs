@@ -53,7 +53,7 @@ pub fn inspect_storage(storage: &dyn Storage) -> Result<Inspection> {
     let mut notes = Vec::new();
     let mut damage = Vec::new();
     for (i, s) in slots.iter_mut().enumerate() {
-        let mut buf = vec![0u8; SLOT_SIZE as usize];
+        let mut buf = vec![0u8; crate::superblock::SLOT_BYTES];
         storage.read_at(&mut buf, i as u64 * SLOT_SIZE)?;
         *s = match Superblock::decode(&buf) {
             Ok(x) => SlotState::Valid(x.seq),

@@ -44,6 +44,7 @@ impl Notifier {
         self.signal();
     }
 
+    #[cfg(feature = "backend-std")]
     pub fn push_io(&self, d: IoDone) {
         self.io.push(d);
         self.signal();

@@ -23,6 +23,8 @@ pub const MAGIC: [u8; 8] = *b"KEELVOL\0";
 pub const FORMAT_VERSION: u32 = 1;
 /// Size of one superblock slot.
 pub const SLOT_SIZE: u64 = 4096;
+/// [`SLOT_SIZE`] as a buffer length.
+pub const SLOT_BYTES: usize = 4096;
 /// Byte offset of the WAL ring.
 pub const WAL_OFFSET: u64 = 2 * SLOT_SIZE;
 /// The extent region starts on this alignment.
@@ -217,7 +219,7 @@ impl Superblock {
             crc: U32::new(0),
         };
         raw.crc = U32::new(crc32c::crc32c(raw.as_bytes()));
-        let mut slot = vec![0u8; SLOT_SIZE as usize];
+        let mut slot = vec![0u8; SLOT_BYTES];
         slot[..RAW_LEN].copy_from_slice(raw.as_bytes());
         slot
     }

@@ -303,8 +303,8 @@ pub fn read_superblock(storage: &dyn Storage) -> Result<(Superblock, usize)> {
             Error::NotAVolume
         });
     }
-    let mut a = vec![0u8; SLOT_SIZE as usize];
-    let mut b = vec![0u8; SLOT_SIZE as usize];
+    let mut a = vec![0u8; crate::superblock::SLOT_BYTES];
+    let mut b = vec![0u8; crate::superblock::SLOT_BYTES];
     storage.read_at(&mut a, 0)?;
     storage.read_at(&mut b, SLOT_SIZE)?;
     let (sb, slot) = superblock::choose(Superblock::decode(&a), Superblock::decode(&b))?;

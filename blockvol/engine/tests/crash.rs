@@ -6,6 +6,11 @@
 //!
 //! `KEEL_CRASH_ITERS` scales the number of crash points (default 1500 per
 //! write-cache mode); `KEEL_CRASH_SEED` reruns one failing seed.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test arithmetic on small values
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

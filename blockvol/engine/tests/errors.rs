@@ -1,5 +1,10 @@
 //! Damaged volumes and hostile conditions: a clear typed error or a correct
 //! recovery, never a panic.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test arithmetic on small values
 
 use std::sync::Arc;
 use std::time::Duration;

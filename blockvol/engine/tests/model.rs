@@ -1,6 +1,11 @@
 //! Property test: random sequences of writes, trims, write-zeroes, flushes,
 //! expands, closes and reopens, checked against an in-memory model. Runs on
 //! each backend with a real file, and on the crash simulator's storage.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test arithmetic on small values
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,3 +1,9 @@
+//! Smoke test: write, read, trim, flush, WAL wrap-around and reopen on both backends.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)] // test arithmetic on small values
 use keel_blockvol::{BackendMode, CreateOptions, SyncHandle, Volume, VolumeConfig};
 
 fn each_backend(f: impl Fn(BackendMode)) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use super::{record_slices, FlushIo, IoDone, IoOp};
+use super::{record_slices, IoDone, IoOp};
 use crate::notify::Notifier;
 use crate::storage::Storage;
 
@@ -141,28 +141,5 @@ pub(crate) fn execute(storage: &dyn Storage, op: &mut IoOp) -> std::io::Result<(
             }
             Ok(())
         }
-    }
-}
-
-/// Flusher I/O over a [`Storage`], one call at a time.
-pub(crate) struct StdFlushIo {
-    pub storage: Arc<dyn Storage>,
-}
-
-impl FlushIo for StdFlushIo {
-    fn read(&mut self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-        self.storage.read_at(buf, off)
-    }
-    fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> std::io::Result<()> {
-        for (off, b) in writes {
-            self.storage.write_at(&[b], *off)?;
-        }
-        Ok(())
-    }
-    fn punch(&mut self, off: u64, len: u64) -> std::io::Result<()> {
-        self.storage.punch_hole(off, len)
-    }
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.storage.sync_data()
     }
 }

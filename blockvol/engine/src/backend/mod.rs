@@ -1,4 +1,5 @@
-//! I/O backends behind one interface, one file each (`std.rs`, `uring.rs`).
+//! I/O backends behind one interface, one file each (`engine_std.rs`,
+//! `engine_uring.rs`).
 //!
 //! A handle turns requests into [`IoOp`]s — a WAL record write (optionally
 //! linked to an fdatasync) or a scattered read — and hands them to its
@@ -78,6 +79,29 @@ pub(crate) trait FlushIo: Send {
     fn punch(&mut self, off: u64, len: u64) -> io::Result<()>;
     /// fdatasync.
     fn sync(&mut self) -> io::Result<()>;
+}
+
+/// Flusher I/O over a [`Storage`], one call at a time.
+pub(crate) struct StdFlushIo {
+    pub storage: std::sync::Arc<dyn crate::storage::Storage>,
+}
+
+impl FlushIo for StdFlushIo {
+    fn read(&mut self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.storage.read_at(buf, off)
+    }
+    fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()> {
+        for (off, b) in writes {
+            self.storage.write_at(&[b], *off)?;
+        }
+        Ok(())
+    }
+    fn punch(&mut self, off: u64, len: u64) -> io::Result<()> {
+        self.storage.punch_hole(off, len)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.storage.sync_data()
+    }
 }
 
 #[cfg(test)]
