@@ -396,3 +396,33 @@ fn replication_fields_persist_and_are_validated() {
         ErrorKind::InvalidArgument
     );
 }
+
+#[test]
+fn backend_selection_is_explicit() {
+    // The simulator has no file descriptor, so io_uring cannot drive it.
+    let s = Arc::new(SimStorage::new(3));
+    format(&*s, &opts()).unwrap();
+    let uring = VolumeConfig {
+        backend: keel_blockvol::BackendMode::IoUring,
+        ..Default::default()
+    };
+    let err = Volume::open_storage(Arc::clone(&s) as Arc<dyn Storage>, &uring).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BackendUnavailable, "{err}");
+    let auto = VolumeConfig {
+        backend: keel_blockvol::BackendMode::Auto,
+        ..Default::default()
+    };
+    let v = Volume::open_storage(Arc::clone(&s) as Arc<dyn Storage>, &auto).unwrap();
+    let st = v.status();
+    assert_eq!(st.backend, "standard");
+    assert!(
+        st.backend_reason.starts_with("auto:"),
+        "{}",
+        st.backend_reason
+    );
+    assert!("bogus".parse::<keel_blockvol::BackendMode>().is_err());
+    assert_eq!(
+        "io_uring".parse::<keel_blockvol::BackendMode>().unwrap(),
+        keel_blockvol::BackendMode::IoUring
+    );
+}
