@@ -82,7 +82,7 @@ impl Default for VolumeConfig {
             wal_hard_watermark: 0.9,
             admission_timeout: Duration::from_secs(5),
             soft_delay: Duration::from_micros(200),
-            flush_interval: Duration::from_millis(20),
+            flush_interval: Duration::from_secs(1),
             flush_threshold: 0.25,
             io_threads: 2,
             uring_entries: 256,

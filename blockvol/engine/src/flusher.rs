@@ -39,7 +39,7 @@ fn flush_io(inner: &Inner) -> Box<dyn FlushIo> {
 pub(crate) fn run(inner: &Arc<Inner>) {
     let mut fio = flush_io(inner);
     loop {
-        let stop = {
+        let (stop, kicked) = {
             let mut req = lock(&inner.flush);
             if !req.kick && !req.stop {
                 let (r, _) = inner
@@ -48,12 +48,22 @@ pub(crate) fn run(inner: &Arc<Inner>) {
                     .unwrap_or_else(|p| p.into_inner());
                 req = r;
             }
+            let kicked = req.kick;
             req.kick = false;
             inner.flush_kicked.store(false, Ordering::Release);
-            req.stop
+            (req.stop, kicked)
+        };
+        // Kicked by WAL pressure: write back in large batches down to half
+        // the threshold, then let the WAL fill again (every batch costs two
+        // fdatasyncs that durable writes wait behind). On the interval and
+        // at close: everything.
+        let low = if kicked && !stop {
+            Some(inner.cfg.flush_threshold / 2.0)
+        } else {
+            None
         };
         if !inner.is_failed.load(Ordering::Acquire) {
-            if let Err(e) = pass(inner, &mut *fio) {
+            if let Err(e) = pass(inner, &mut *fio, low) {
                 Stats::add(&inner.stats.flusher_errors, 1);
                 inner.fail(&format!("flusher: {e}"));
             }
@@ -82,8 +92,9 @@ struct Rec {
     at: usize,
 }
 
-/// Write back everything written so far. Returns the records written back.
-pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo) -> Result<u64> {
+/// Write back what is written, down to a WAL fill of `low` (all of it when
+/// `None`). Returns the records written back.
+pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo, low: Option<f64>) -> Result<u64> {
     let started = Instant::now();
     let mut total = 0u64;
     let bs = u64::from(inner.block_size);
@@ -99,6 +110,11 @@ pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo) -> Result<u64> {
             break;
         }
         let head = lock(&inner.alloc).head;
+        if let Some(low) = low {
+            if ((head - tail) as f64) < low * inner.wal_size as f64 {
+                break;
+            }
+        }
         // Read a chunk; a record larger than it is read on its own.
         let mut want = (head - tail).min(CHUNK);
         let mut hb = [0u8; HEADER_LEN];

@@ -175,10 +175,19 @@ impl Handle {
         })
     }
 
-    /// Readable when completions may be ready (level: drained by
-    /// [`Handle::poll_completions`] / [`Handle::wait`]).
+    /// Becomes readable when completions may be ready, once armed with
+    /// [`Handle::arm_notify`] (a reactor arms it before it sleeps; the
+    /// blocking [`Handle::wait`] arms it itself).
     pub fn notify_fd(&self) -> std::os::fd::RawFd {
         self.notifier.fd()
+    }
+
+    /// Ask for a wake-up on [`Handle::notify_fd`] at the next completion.
+    /// Returns `false` when completions are already waiting: poll them
+    /// instead of sleeping. Without arming, completions arrive silently
+    /// (no syscall per completion while the owner is busy polling).
+    pub fn arm_notify(&self) -> bool {
+        self.notifier.arm()
     }
 
     /// Operations submitted and not yet completed (deferred ones included).
@@ -441,8 +450,10 @@ impl Handle {
         .encode(&data);
         let durable = fua || !self.inner.write_cache.load(Ordering::Acquire);
         // A linked write+sync covers everything below `lsn` only if all of it
-        // was written before this write was even submitted.
-        let linked = durable && self.inner.gc.written() == lsn - 1;
+        // was written before this write was even submitted. Only at queue
+        // depth 1: with more in flight, group commit shares one sync among
+        // them instead of tying up an executor per sync.
+        let linked = durable && self.in_flight == 0 && self.inner.gc.written() == lsn - 1;
         let pieces = ring_pieces(
             self.inner.wal_offset,
             self.inner.wal_size,

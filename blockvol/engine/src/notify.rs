@@ -2,6 +2,7 @@
 //! (a reactor, or the blocking wrapper) that something is ready.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crossbeam_queue::SegQueue;
@@ -17,6 +18,9 @@ pub(crate) struct Notifier {
     /// Finished operations (group commit, immediate completions).
     pub ready: SegQueue<Completion>,
     efd: OwnedFd,
+    /// The owner is (about to be) asleep on `efd`: only then is a wake-up
+    /// worth a syscall.
+    sleeping: AtomicBool,
 }
 
 impl Notifier {
@@ -26,6 +30,7 @@ impl Notifier {
             io: SegQueue::new(),
             ready: SegQueue::new(),
             efd,
+            sleeping: AtomicBool::new(true),
         })
     }
 
@@ -33,10 +38,29 @@ impl Notifier {
         self.efd.as_raw_fd()
     }
 
-    /// Wake the owner.
+    /// Wake the owner if it sleeps (or may be about to).
     pub fn signal(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.kick();
+        }
+    }
+
+    /// Make the eventfd readable, unconditionally.
+    pub fn kick(&self) {
         // A full counter (EAGAIN) already means "readable": nothing to do.
         let _ = rustix::io::write(&self.efd, &1u64.to_ne_bytes());
+    }
+
+    /// Announce that the owner is going to sleep on the eventfd (a reactor
+    /// adding it to its poll set). Returns `false` when something is already
+    /// queued: poll instead of sleeping.
+    pub fn arm(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        if !self.io.is_empty() || !self.ready.is_empty() {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     pub fn push_ready(&self, c: Completion) {
@@ -52,8 +76,7 @@ impl Notifier {
 
     /// Sleep until signalled or `timeout`; resets the counter.
     pub fn wait(&self, timeout: Option<Duration>) {
-        if !self.io.is_empty() || !self.ready.is_empty() {
-            self.drain();
+        if !self.arm() {
             return;
         }
         let ts = timeout.map(|t| rustix::time::Timespec {
@@ -62,6 +85,7 @@ impl Notifier {
         });
         let mut fds = [PollFd::new(&self.efd, PollFlags::IN)];
         let _ = poll(&mut fds, ts.as_ref());
+        self.sleeping.store(false, Ordering::SeqCst);
         self.drain();
     }
 

@@ -280,9 +280,19 @@ pub fn format(storage: &dyn Storage, opts: &CreateOptions) -> Result<Superblock>
     b.seq = 0;
     storage.write_at(&[&sb.encode()], 0)?;
     storage.write_at(&[&b.encode()], SLOT_SIZE)?;
-    // Clear the first WAL bytes so nothing left in a reused file looks like
-    // a record.
-    storage.write_at(&[&[0u8; 4096]], WAL_OFFSET)?;
+    // Write the whole WAL ring once. Nothing left in a reused file can look
+    // like a record, and every later WAL write overwrites allocated blocks:
+    // a write into a hole makes the file system allocate, and the fdatasync
+    // of a durable write then waits for a journal commit too (about 2x the
+    // latency on ext4).
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < opts.wal_size {
+        let n = (opts.wal_size - at).min(zeros.len() as u64);
+        let n_us = usize::try_from(n).unwrap_or(zeros.len());
+        storage.write_at(&[&zeros[..n_us]], WAL_OFFSET + at)?;
+        at += n;
+    }
     storage.sync_data()?;
     Ok(sb)
 }
