@@ -71,6 +71,9 @@ pub struct VolumeConfig {
     pub io_threads: usize,
     /// Submission-queue entries of each io_uring.
     pub uring_entries: u32,
+    /// How long [`crate::Handle::wait`] polls for a completion before it
+    /// sleeps, when operations are in flight (0: sleep at once).
+    pub wait_spin: Duration,
 }
 
 impl Default for VolumeConfig {
@@ -86,6 +89,7 @@ impl Default for VolumeConfig {
             flush_threshold: 0.25,
             io_threads: 2,
             uring_entries: 256,
+            wait_spin: Duration::from_micros(50),
         }
     }
 }
@@ -109,6 +113,9 @@ impl VolumeConfig {
         }
         if !(8..=4096).contains(&self.uring_entries) || !self.uring_entries.is_power_of_two() {
             return bad("uring_entries must be a power of two in 8..=4096".into());
+        }
+        if self.wait_spin > Duration::from_millis(100) {
+            return bad("wait_spin must be at most 100 ms".into());
         }
         if self.flush_interval.is_zero() {
             return bad("flush_interval must be positive".into());

@@ -74,6 +74,11 @@ impl Notifier {
         self.signal();
     }
 
+    /// Whether anything is queued.
+    pub fn pending(&self) -> bool {
+        !self.io.is_empty() || !self.ready.is_empty()
+    }
+
     /// Sleep until signalled or `timeout`; resets the counter.
     pub fn wait(&self, timeout: Option<Duration>) {
         if !self.arm() {

@@ -40,6 +40,7 @@ pub(crate) struct UringExec {
     sqes_in_flight: usize,
     spare: Vec<Vec<i32>>,
     sqes: Vec<squeue::Entry>,
+    unsubmitted: bool,
 }
 
 /// SQE index bits in the user data (the slot is above them).
@@ -68,6 +69,7 @@ impl UringExec {
             sqes_in_flight: 0,
             spare: Vec::new(),
             sqes: Vec::new(),
+            unsubmitted: false,
         })
     }
 
@@ -198,15 +200,26 @@ impl UringExec {
             }
         }
         self.sqes = sqes;
-        if let Err(err) = self.ring.submit() {
-            // The SQEs stay queued and go out with the next submit.
-            tracing::warn!("io_uring submit failed: {err}");
-        }
+        self.unsubmitted = true;
         Ok(())
+    }
+
+    /// Hand queued SQEs to the kernel: one system call for everything
+    /// submitted since the last flush (the handle flushes when it polls or
+    /// waits).
+    pub fn flush(&mut self) {
+        if self.unsubmitted {
+            match self.ring.submit() {
+                Ok(_) => self.unsubmitted = false,
+                // The SQEs stay queued and go out with the next flush.
+                Err(err) => tracing::warn!("io_uring submit failed: {err}"),
+            }
+        }
     }
 
     /// Reap completions; finished operations go to `out`.
     pub fn poll(&mut self, out: &mut Vec<IoDone>) {
+        self.flush();
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in &mut cq {
@@ -242,6 +255,13 @@ impl UringExec {
                 }
             }
         }
+    }
+
+    /// Whether completions are waiting in the completion queue.
+    pub fn has_completions(&mut self) -> bool {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        !cq.is_empty()
     }
 
     /// Operations still in the kernel.
