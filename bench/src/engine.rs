@@ -62,9 +62,10 @@ impl Row {
 
 const BS: usize = 4096;
 
-/// The raw limit: 4 KiB pwrite + fdatasync at queue depth 1, at random
-/// offsets of a 64 MiB file written once beforehand (as the WAL ring is).
-pub fn raw_limit(dir: &Path, seconds: f64) -> Result<Row> {
+/// The raw limit: 4 KiB pwrite + fdatasync at queue depth 1 in a 64 MiB
+/// file written once beforehand (as the WAL ring is), at random offsets or
+/// appending sequentially (as the WAL does).
+pub fn raw_limit(dir: &Path, seconds: f64, sequential: bool) -> Result<Row> {
     let path = dir.join("raw-limit.dat");
     let f = OpenOptions::new()
         .create(true)
@@ -86,14 +87,23 @@ pub fn raw_limit(dir: &Path, seconds: f64) -> Result<Row> {
     let end = start + Duration::from_secs_f64(seconds);
     let mut ops = 0u64;
     while Instant::now() < end {
-        let off = rng.gen_range(0..region / BS as u64) * BS as u64;
+        let off = if sequential {
+            (ops * BS as u64) % region
+        } else {
+            rng.gen_range(0..region / BS as u64) * BS as u64
+        };
         let t = Instant::now();
         f.write_all_at(&buf, off)?;
         f.sync_data()?;
         s.add(t.elapsed());
         ops += 1;
     }
-    let row = Row::new("raw pwrite+fdatasync 4k qd1", s, ops, ops * BS as u64, start.elapsed());
+    let name = if sequential {
+        "raw pwrite+fdatasync 4k seq"
+    } else {
+        "raw pwrite+fdatasync 4k rand"
+    };
+    let row = Row::new(name, s, ops, ops * BS as u64, start.elapsed());
     drop(f);
     let _ = std::fs::remove_file(&path);
     Ok(row)
@@ -262,6 +272,61 @@ pub fn run_backend(opts: &Opts, mode: BackendMode) -> Result<BackendResult> {
     })
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Per-metric medians of the same row over several runs.
+pub fn median_row(rows: &[&Row]) -> Row {
+    let m = |f: fn(&Row) -> f64| median(rows.iter().map(|r| f(r)).collect());
+    Row {
+        test: rows.first().map_or("", |r| r.test),
+        iops: m(|r| r.iops),
+        mbps: m(|r| r.mbps),
+        p50: m(|r| r.p50),
+        p99: m(|r| r.p99),
+        p999: m(|r| r.p999),
+    }
+}
+
+/// Per-metric medians of each backend's rows over several runs.
+pub fn median_results(runs: &[Vec<BackendResult>]) -> Vec<BackendResult> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|b| {
+            let rows = b
+                .rows
+                .iter()
+                .map(|r| {
+                    let same: Vec<&Row> = runs
+                        .iter()
+                        .filter_map(|run| run.iter().find(|x| x.backend == b.backend))
+                        .filter_map(|x| x.row(r.test))
+                        .collect();
+                    median_row(&same)
+                })
+                .collect();
+            let last = runs
+                .last()
+                .and_then(|run| run.iter().find(|x| x.backend == b.backend))
+                .map_or_else(|| b.stats.clone(), |x| x.stats.clone());
+            BackendResult {
+                backend: b.backend,
+                rows,
+                stats: last,
+            }
+        })
+        .collect()
+}
+
 /// A goal and whether it was met.
 #[derive(Debug)]
 pub struct Goal {
@@ -301,7 +366,10 @@ pub fn goals(raw: &Row, results: &[BackendResult]) -> Vec<Goal> {
                 let ratio = u.iops / s.iops;
                 g.push(Goal {
                     what: format!("io_uring not slower than standard: {}", s.test),
-                    detail: format!("{:.0} vs {:.0} IOPS = {ratio:.2}x (5% noise band)", u.iops, s.iops),
+                    detail: format!(
+                        "{:.0} vs {:.0} IOPS = {ratio:.2}x (5% noise band)",
+                        u.iops, s.iops
+                    ),
                     pass: ratio >= 0.95,
                 });
             }
@@ -329,7 +397,14 @@ pub fn stats_json(s: &StatsSnapshot) -> Value {
 }
 
 /// The whole report as one JSON object.
-pub fn to_json(machine: Value, raw: &Row, results: &[BackendResult], goals: &[Goal], seconds: f64) -> Value {
+pub fn to_json(
+    machine: Value,
+    raw: &Row,
+    raws: &[Row],
+    results: &[BackendResult],
+    goals: &[Goal],
+    seconds: f64,
+) -> Value {
     let backends: Vec<Value> = results
         .iter()
         .map(|r| {
@@ -356,16 +431,19 @@ pub fn to_json(machine: Value, raw: &Row, results: &[BackendResult], goals: &[Go
     json!({
         "machine": machine,
         "seconds_per_test": seconds,
+        "statistic": "per-metric median over runs",
         "raw_qd1_write_fdatasync_p50_us": raw.p50,
         "raw_qd1_write_fdatasync_p99_us": raw.p99,
         "raw_qd1_write_fdatasync_iops": raw.iops,
+        "raw_qd1_write_fdatasync_kind": raw.test,
+        "raw_rows": raws.iter().map(Row::json).collect::<Vec<_>>(),
         "backends": backends,
         "goals": goals.iter().map(|g| json!({"goal": g.what, "detail": g.detail, "pass": g.pass})).collect::<Vec<_>>(),
     })
 }
 
 /// The report as a text table.
-pub fn to_table(raw: &Row, results: &[BackendResult], goals: &[Goal]) -> String {
+pub fn to_table(raw: &Row, raws: &[Row], results: &[BackendResult], goals: &[Goal]) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     let _ = writeln!(
@@ -380,7 +458,14 @@ pub fn to_table(raw: &Row, results: &[BackendResult], goals: &[Goal]) -> String 
             b, r.test, r.iops, r.mbps, r.p50, r.p99, r.p999, vs
         );
     };
-    line(&mut o, "raw", raw, "1.00x".into());
+    for r in raws {
+        let vs = if r.test == raw.test {
+            "limit".to_string()
+        } else {
+            String::new()
+        };
+        line(&mut o, "raw", r, vs);
+    }
     for res in results {
         for r in &res.rows {
             let vs = match r.test {
@@ -399,7 +484,13 @@ pub fn to_table(raw: &Row, results: &[BackendResult], goals: &[Goal]) -> String 
     }
     let _ = writeln!(o);
     for g in goals {
-        let _ = writeln!(o, "{} {} ({})", if g.pass { "PASS" } else { "MISS" }, g.what, g.detail);
+        let _ = writeln!(
+            o,
+            "{} {} ({})",
+            if g.pass { "PASS" } else { "MISS" },
+            g.what,
+            g.detail
+        );
     }
     o
 }

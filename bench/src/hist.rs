@@ -35,9 +35,11 @@ impl Samples {
             self.us.sort_by(f64::total_cmp);
             self.sorted = true;
         }
-        let rank = (p * (self.us.len() - 1) as f64).round();
-        let i = if rank <= 0.0 { 0 } else { rank as usize };
-        self.us[i.min(self.us.len() - 1)]
+        let n = self.us.len();
+        // Nearest rank, found by counting instead of casting a float.
+        let target = p.clamp(0.0, 1.0) * (n - 1) as f64;
+        let i = (0..n).find(|&i| i as f64 + 0.5 > target).unwrap_or(n - 1);
+        self.us[i]
     }
 }
 
