@@ -25,8 +25,13 @@ pub fn create(
     block_size: u32,
     wal_size: Option<u64>,
 ) -> anyhow::Result<String> {
-    if path.exists() {
-        anyhow::bail!("{} already exists", path.display());
+    for p in [
+        path.to_path_buf(),
+        keel_blockvol::storage::extent_path(path),
+    ] {
+        if p.exists() {
+            anyhow::bail!("{} already exists", p.display());
+        }
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -103,7 +108,7 @@ pub fn to_json(i: &Inspection) -> Value {
             "created_unix": sb.created_unix,
         },
         "slots": {"A": slot_json(&i.slots[0]), "B": slot_json(&i.slots[1])},
-        "file_len": i.file_len,
+        "len": i.file_len,
         "wal": {
             "pending_records": i.wal.records,
             "pending_bytes": i.wal.data_bytes,

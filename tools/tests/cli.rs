@@ -83,11 +83,29 @@ fn damaged_files_exit_2_with_one_line() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("slot B is invalid"), "{out}");
 
+    // A cut extent file, then a cut meta file.
+    std::fs::write(&p, &bytes).unwrap();
+    let ext = keel_blockvol::storage::extent_path(&p);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ext)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let o = keel(&["volume", "check", p.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("Volume files hold"), "{err}");
     std::fs::write(&p, &bytes[..bytes.len() - 8192]).unwrap();
     let o = keel(&["volume", "check", p.to_str().unwrap()]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("Volume file is"), "{err}");
+    assert!(err.contains("Volume files hold"), "{err}");
+    std::fs::remove_file(&ext).unwrap();
+    let o = keel(&["volume", "check", p.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(".extent"), "{err}");
 
     std::fs::write(&p, b"hello, not a volume").unwrap();
     let o = keel(&["volume", "inspect", p.to_str().unwrap()]);

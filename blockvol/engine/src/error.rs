@@ -63,7 +63,7 @@ pub enum Error {
     #[error("Corrupt volume: {0}")]
     Corrupt(String),
     /// See [`ErrorKind::Truncated`].
-    #[error("Volume file is {actual} bytes, its superblock needs {expected}")]
+    #[error("Volume files hold {actual} bytes, the superblock needs {expected}")]
     Truncated {
         /// Bytes the superblock requires.
         expected: u64,

@@ -24,8 +24,8 @@ const CHUNK: u64 = 8 << 20;
 fn flush_io(inner: &Inner) -> Box<dyn FlushIo> {
     #[cfg(feature = "backend-uring")]
     #[allow(irrefutable_let_patterns)] // one variant when std is compiled out
-    if let crate::volume::BackendKind::Uring { fd } = inner.backend {
-        match crate::backend::engine_uring::UringFlushIo::new(fd, inner.cfg.uring_entries) {
+    if let crate::volume::BackendKind::Uring { fds } = inner.backend {
+        match crate::backend::engine_uring::UringFlushIo::new(fds, inner.cfg.uring_entries) {
             Ok(f) => return Box::new(f),
             Err(e) => tracing::warn!("flusher: io_uring unavailable ({e}); using pwrite"),
         }

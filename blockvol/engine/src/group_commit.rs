@@ -162,7 +162,7 @@ impl GroupCommit {
 
     /// The sync thread: one fdatasync per round, covering every waiter whose
     /// records were written when it started.
-    pub fn run(&self, storage: &dyn Storage, stats: &Stats, on_error: &dyn Fn(&str)) {
+    pub fn run(&self, storage: &dyn Storage, wal_end: u64, stats: &Stats, on_error: &dyn Fn(&str)) {
         let mut st = self.lock();
         loop {
             let coverable = st.waiters.iter().any(|w| w.target <= st.written);
@@ -178,7 +178,7 @@ impl GroupCommit {
             }
             let upto = st.written;
             drop(st);
-            let res = storage.sync_data();
+            let res = storage.sync_wal(wal_end);
             Stats::add(&stats.fdatasyncs, 1);
             st = self.lock();
             match res {

@@ -38,8 +38,7 @@ pub struct Inspection {
 
 /// Read a volume file and walk its WAL; nothing is written.
 pub fn inspect(path: &Path) -> Result<Inspection> {
-    let file = std::fs::File::open(path)?;
-    inspect_storage(&FileStorage::new(file))
+    inspect_storage(&FileStorage::open(path, false)?)
 }
 
 /// [`inspect`] on any storage.

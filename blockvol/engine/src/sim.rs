@@ -13,7 +13,6 @@
 //! anyway). Punching a hole is modelled as a write of zeros.
 
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -233,6 +232,24 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    fn sync_wal(&self, wal_end: u64) -> io::Result<()> {
+        // Only the meta file is synced: writes to the extent region stay
+        // volatile (and may be lost at the crash).
+        let mut st = self.begin()?;
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        let pending = std::mem::take(&mut st.pending);
+        let mut keep = Vec::new();
+        for (off, data) in pending {
+            if off < wal_end {
+                apply(&mut st.durable, off, &data);
+            } else {
+                keep.push((off, data));
+            }
+        }
+        st.pending = keep;
+        Ok(())
+    }
+
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         let len = usize::try_from(len).map_err(|_| eio())?;
         let zeros = vec![0u8; len];
@@ -259,7 +276,7 @@ impl Storage for SimStorage {
         Ok(())
     }
 
-    fn raw_fd(&self) -> Option<RawFd> {
+    fn fds(&self) -> Option<crate::storage::Fds> {
         None
     }
 }

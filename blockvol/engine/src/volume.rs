@@ -2,7 +2,6 @@
 //! starts the group-commit and flusher threads; [`Volume::handle`] gives each
 //! reactor its own submission path.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -49,7 +48,7 @@ pub(crate) enum BackendKind {
     #[cfg(feature = "backend-std")]
     Std(crate::backend::engine_std::StdPool),
     #[cfg(feature = "backend-uring")]
-    Uring { fd: std::os::fd::RawFd },
+    Uring { fds: crate::storage::Fds },
 }
 
 pub(crate) struct Inner {
@@ -92,7 +91,7 @@ impl Inner {
         let slot = 1 - st.slot;
         self.storage
             .write_at(&[&sb.encode()], slot as u64 * SLOT_SIZE)?;
-        self.storage.sync_data()?;
+        self.storage.sync_wal(self.extent_offset)?;
         Stats::add(&self.stats.fdatasyncs, 1);
         st.sb = sb.clone();
         st.slot = slot;
@@ -318,6 +317,21 @@ pub fn read_superblock(storage: &dyn Storage) -> Result<(Superblock, usize)> {
     storage.read_at(&mut a, 0)?;
     storage.read_at(&mut b, SLOT_SIZE)?;
     let (sb, slot) = superblock::choose(Superblock::decode(&a), Superblock::decode(&b))?;
+    if let Some(fds) = storage.fds() {
+        if fds.split != sb.extent_offset {
+            return Err(if fds.split < sb.extent_offset {
+                Error::Truncated {
+                    expected: sb.extent_offset,
+                    actual: fds.split,
+                }
+            } else {
+                Error::Corrupt(format!(
+                    "meta file is {} bytes but its superblock puts the extent region at {}",
+                    fds.split, sb.extent_offset
+                ))
+            });
+        }
+    }
     if len < sb.required_len() {
         return Err(Error::Truncated {
             expected: sb.required_len(),
@@ -330,16 +344,17 @@ pub fn read_superblock(storage: &dyn Storage) -> Result<(Superblock, usize)> {
 fn select_backend(
     cfg: &VolumeConfig,
     storage: &Arc<dyn Storage>,
+    wal_end: u64,
 ) -> Result<(BackendKind, &'static str, String)> {
     let uring = |why_not: &mut String| -> Option<BackendKind> {
         #[cfg(feature = "backend-uring")]
         {
-            let Some(fd) = storage.raw_fd() else {
+            let Some(fds) = storage.fds() else {
                 *why_not = "the storage has no file descriptor".into();
                 return None;
             };
             match crate::backend::engine_uring::probe() {
-                Ok(()) => Some(BackendKind::Uring { fd }),
+                Ok(()) => Some(BackendKind::Uring { fds }),
                 Err(e) => {
                     *why_not = format!("io_uring setup failed: {e}");
                     None
@@ -358,13 +373,14 @@ fn select_backend(
             let pool = crate::backend::engine_std::StdPool::start(
                 Arc::clone(storage),
                 cfg.io_threads,
+                wal_end,
                 "vol",
             )?;
             Ok((BackendKind::Std(pool), "standard", why))
         }
         #[cfg(not(feature = "backend-std"))]
         {
-            let _ = why;
+            let _ = (why, wal_end);
             Err(Error::BackendUnavailable(
                 "the standard backend is not compiled in (cargo feature backend-std)".into(),
             ))
@@ -392,14 +408,10 @@ impl Volume {
     pub fn create(path: &Path, opts: &CreateOptions, cfg: &VolumeConfig) -> Result<Volume> {
         opts.validate()?;
         cfg.validate()?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)?;
-        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(file));
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::create(path, opts.extent_offset())?);
         if let Err(e) = format(&*storage, opts) {
             let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(crate::storage::extent_path(path));
             return Err(e);
         }
         Volume::open_storage(storage, cfg)
@@ -407,8 +419,7 @@ impl Volume {
 
     /// Open an existing volume file, replaying its WAL.
     pub fn open(path: &Path, cfg: &VolumeConfig) -> Result<Volume> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Volume::open_storage(Arc::new(FileStorage::new(file)), cfg)
+        Volume::open_storage(Arc::new(FileStorage::open(path, true)?), cfg)
     }
 
     /// Open a volume on any storage (the crash simulator, for one).
@@ -433,10 +444,11 @@ impl Volume {
         next.seq += 1;
         let new_slot = 1 - slot;
         storage.write_at(&[&next.encode()], new_slot as u64 * SLOT_SIZE)?;
-        storage.sync_data()?;
+        storage.sync_wal(next.extent_offset)?;
         sb = next;
 
-        let (backend, backend_name, backend_reason) = select_backend(cfg, &storage)?;
+        let (backend, backend_name, backend_reason) =
+            select_backend(cfg, &storage, sb.extent_offset)?;
         tracing::info!(
             requested = %cfg.backend,
             selected = backend_name,
@@ -486,7 +498,8 @@ impl Volume {
                 .name("keel-sync".into())
                 .spawn(move || {
                     let on_err = |m: &str| i2.fail(m);
-                    i2.gc.run(&*i2.storage, &i2.stats, &on_err);
+                    i2.gc
+                        .run(&*i2.storage, i2.extent_offset, &i2.stats, &on_err);
                 })?,
         );
         let i3 = Arc::clone(&inner);
@@ -609,6 +622,7 @@ impl Volume {
             return Ok(());
         }
         i.storage.set_len(i.extent_offset + new_size)?;
+        i.storage.sync_data()?;
         i.persist_sb(|s| s.size = new_size)?;
         i.blocks.store(new_size / bs, Ordering::Release);
         tracing::info!(old = sb.size, new = new_size, "volume expanded");

@@ -31,9 +31,12 @@ pub(crate) struct StdPool {
 }
 
 impl StdPool {
+    /// `wal_end`: where the extent region starts (a linked sync covers the
+    /// WAL only).
     pub fn start(
         storage: Arc<dyn Storage>,
         threads: usize,
+        wal_end: u64,
         name: &str,
     ) -> std::io::Result<StdPool> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
@@ -44,7 +47,7 @@ impl StdPool {
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("keel-io-{name}-{i}"))
-                    .spawn(move || worker(&*storage, &rx))?,
+                    .spawn(move || worker(&*storage, wal_end, &rx))?,
             );
         }
         Ok(StdPool {
@@ -74,7 +77,7 @@ impl Drop for StdPool {
     }
 }
 
-fn worker(storage: &dyn Storage, rx: &Receiver<Job>) {
+fn worker(storage: &dyn Storage, wal_end: u64, rx: &Receiver<Job>) {
     loop {
         let job = match rx.try_recv() {
             Ok(j) => j,
@@ -106,13 +109,13 @@ fn worker(storage: &dyn Storage, rx: &Receiver<Job>) {
             mut op,
             reply,
         } = job;
-        let result = execute(storage, &mut op);
+        let result = execute(storage, wal_end, &mut op);
         reply.push_io(IoDone { token, result, op });
     }
 }
 
 /// Run one operation synchronously.
-pub(crate) fn execute(storage: &dyn Storage, op: &mut IoOp) -> std::io::Result<()> {
+pub(crate) fn execute(storage: &dyn Storage, wal_end: u64, op: &mut IoOp) -> std::io::Result<()> {
     match op {
         IoOp::WalWrite {
             hdr,
@@ -131,7 +134,7 @@ pub(crate) fn execute(storage: &dyn Storage, op: &mut IoOp) -> std::io::Result<(
                 start += len;
             }
             if *sync {
-                storage.sync_data()?;
+                storage.sync_wal(wal_end)?;
             }
             Ok(())
         }

@@ -14,6 +14,7 @@ use std::os::fd::RawFd;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::{record_slices, FlushIo, IoDone, IoOp};
+use crate::storage::Fds;
 
 /// Whether io_uring can be set up here (kernel support, seccomp, limits).
 pub(crate) fn probe() -> io::Result<()> {
@@ -34,7 +35,7 @@ struct InFlight {
 /// Per-handle ring.
 pub(crate) struct UringExec {
     ring: IoUring,
-    fd: RawFd,
+    fds: Fds,
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     sqes_in_flight: usize,
@@ -58,12 +59,12 @@ fn to_i32(v: u64) -> io::Result<i32> {
 }
 
 impl UringExec {
-    pub fn new(fd: RawFd, entries: u32, notify_fd: RawFd) -> io::Result<UringExec> {
+    pub fn new(fds: Fds, entries: u32, notify_fd: RawFd) -> io::Result<UringExec> {
         let ring = IoUring::new(entries)?;
         ring.submitter().register_eventfd(notify_fd)?;
         Ok(UringExec {
             ring,
-            fd,
+            fds,
             slots: Vec::new(),
             free: Vec::new(),
             sqes_in_flight: 0,
@@ -110,7 +111,7 @@ impl UringExec {
             remaining: 0,
             err: None,
         };
-        let fd = types::Fd(self.fd);
+        let fds = self.fds;
         let mut sqes = std::mem::take(&mut self.sqes);
         sqes.clear();
         let ud = |i: usize| ((slot as u64) << IDX_BITS) | i as u64;
@@ -141,9 +142,10 @@ impl UringExec {
                         Ok(v) => fl.expect[i] = v,
                         Err(e) => return Err((fl.op, e)),
                     }
-                    #[allow(clippy::cast_possible_truncation)] // cnt <= 2
-                    let e = opcode::Writev::new(fd, fl.iov[pi * 2..].as_ptr(), cnt as u32)
-                        .offset(off)
+                    let (wfd, woff) = fds.route(off);
+                    let iovcnt = if cnt == 2 { 2 } else { 1 };
+                    let e = opcode::Writev::new(types::Fd(wfd), fl.iov[pi * 2..].as_ptr(), iovcnt)
+                        .offset(woff)
                         .build()
                         .user_data(ud(i));
                     sqes.push(e);
@@ -155,8 +157,9 @@ impl UringExec {
                     }
                     let i = sqes.len();
                     fl.expect[i] = 0;
+                    // The WAL lives in the meta file: only it needs syncing.
                     sqes.push(
-                        opcode::Fsync::new(fd)
+                        opcode::Fsync::new(types::Fd(fds.meta))
                             .flags(types::FsyncFlags::DATASYNC)
                             .build()
                             .user_data(ud(i)),
@@ -170,9 +173,10 @@ impl UringExec {
                     };
                     fl.expect[i] = i32::try_from(len).unwrap_or(i32::MAX);
                     let ptr = buf[s.buf_off..s.buf_off + s.len].as_mut_ptr();
+                    let (rfd, roff) = fds.route(s.file_off);
                     sqes.push(
-                        opcode::Read::new(fd, ptr, len)
-                            .offset(s.file_off)
+                        opcode::Read::new(types::Fd(rfd), ptr, len)
+                            .offset(roff)
                             .build()
                             .user_data(ud(i)),
                     );
@@ -296,14 +300,14 @@ impl Drop for UringExec {
 /// together and waited for once.
 pub(crate) struct UringFlushIo {
     ring: IoUring,
-    fd: RawFd,
+    fds: Fds,
 }
 
 impl UringFlushIo {
-    pub fn new(fd: RawFd, entries: u32) -> io::Result<UringFlushIo> {
+    pub fn new(fds: Fds, entries: u32) -> io::Result<UringFlushIo> {
         Ok(UringFlushIo {
             ring: IoUring::new(entries)?,
-            fd,
+            fds,
         })
     }
 
@@ -357,13 +361,12 @@ impl UringFlushIo {
 
 impl FlushIo for UringFlushIo {
     fn read(&mut self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        let fd = types::Fd(self.fd);
         let mut entries = Vec::new();
         for (i, chunk) in buf.chunks_mut(1 << 30).enumerate() {
             let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
-            let at = off + ((i as u64) << 30);
+            let (fd, at) = self.fds.route(off + ((i as u64) << 30));
             entries.push((
-                opcode::Read::new(fd, chunk.as_mut_ptr(), len)
+                opcode::Read::new(types::Fd(fd), chunk.as_mut_ptr(), len)
                     .offset(at)
                     .build(),
                 i32::try_from(len).unwrap_or(i32::MAX),
@@ -373,13 +376,15 @@ impl FlushIo for UringFlushIo {
     }
 
     fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()> {
-        let fd = types::Fd(self.fd);
         let mut entries = Vec::with_capacity(writes.len());
         for (off, b) in writes {
             let len =
                 u32::try_from(b.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let (fd, at) = self.fds.route(*off);
             entries.push((
-                opcode::Write::new(fd, b.as_ptr(), len).offset(*off).build(),
+                opcode::Write::new(types::Fd(fd), b.as_ptr(), len)
+                    .offset(at)
+                    .build(),
                 i32::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
             ));
         }
@@ -388,15 +393,31 @@ impl FlushIo for UringFlushIo {
 
     fn punch(&mut self, off: u64, len: u64) -> io::Result<()> {
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        let e = opcode::Fallocate::new(types::Fd(self.fd), len)
-            .offset(off)
+        let (fd, at) = self.fds.route(off);
+        let e = opcode::Fallocate::new(types::Fd(fd), len)
+            .offset(at)
             .mode(mode)
             .build();
-        self.run(&[(e, 0)])
+        match self.run(&[(e, 0)]) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                // No hole punching on this file system: write zeros.
+                let zeros = vec![0u8; 1 << 20];
+                let mut done = 0u64;
+                while done < len {
+                    let n = usize::try_from((len - done).min(1 << 20)).unwrap_or(1 << 20);
+                    self.write_batch(&[(off + done, &zeros[..n])])?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        let e = opcode::Fsync::new(types::Fd(self.fd))
+        // Write-back lands in the extent file; the superblock update that
+        // follows syncs the meta file itself.
+        let e = opcode::Fsync::new(types::Fd(self.fds.extent))
             .flags(types::FsyncFlags::DATASYNC)
             .build();
         self.run(&[(e, 0)])

@@ -77,7 +77,7 @@ pub(crate) trait FlushIo: Send {
     fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()>;
     /// Deallocate ranges.
     fn punch(&mut self, off: u64, len: u64) -> io::Result<()>;
-    /// fdatasync.
+    /// Make the extent region durable (fdatasync of the extent file).
     fn sync(&mut self) -> io::Result<()>;
 }
 
