@@ -204,7 +204,11 @@ pub const QD32_READ: &str = "read 4k qd32";
 /// Run the engine tests on one backend.
 pub fn run_backend(opts: &Opts, mode: BackendMode) -> Result<BackendResult> {
     let path = opts.dir.join(format!("bench-{mode}.keel"));
-    let _ = std::fs::remove_file(&path);
+    let remove = |p: &Path| {
+        let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(keel_blockvol::storage::extent_path(p));
+    };
+    remove(&path);
     let cfg = VolumeConfig {
         backend: mode,
         ..Default::default()
@@ -264,7 +268,7 @@ pub fn run_backend(opts: &Opts, mode: BackendMode) -> Result<BackendResult> {
     }
     let stats = vol.stats();
     vol.close()?;
-    let _ = std::fs::remove_file(&path);
+    remove(&path);
     Ok(BackendResult {
         backend,
         rows,
