@@ -1,7 +1,17 @@
 //! keel wire formats.
 //!
-//! Will hold the iSCSI Basic Header Segment and PDU types, SCSI CDBs and sense
-//! data, NVMe/TCP PDUs, the NVMe SQE and CQE, identify and log-page
-//! structures, and CRC32C digests, as zerocopy structs with byte-order field
-//! types. No I/O, no allocation on the parse path, no `unsafe`.
+//! Parsing and building of what goes over the wire, and nothing else: no I/O,
+//! no allocation on the parse path, no `unsafe`. Raw structs are `#[repr(C)]`
+//! zerocopy types with byte-order field types; parsing turns them into
+//! validated domain types, and unknown opcodes are data, never panics.
+//!
+//! - [`iscsi`]: the Basic Header Segment and every PDU of RFC 7143, header
+//!   and data digests, and login/text key=value segments.
+//! - [`scsi`]: CDBs of the SCSI block command set a Linux or QEMU initiator
+//!   sends, and sense data.
+//! - NVMe/TCP PDUs, the SQE and CQE, and identify and log structures come
+//!   with the NVMe/TCP target.
 #![forbid(unsafe_code)]
+
+pub mod iscsi;
+pub mod scsi;
