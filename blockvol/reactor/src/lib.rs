@@ -1,6 +1,68 @@
 //! keel reactors: the polled-mode runtime of the volume server.
 //!
-//! Will hold one reactor thread per core that owns its connections and its
-//! io_uring and loops over socket I/O, engine completions, timers and
-//! cross-reactor mailboxes; the poll modes (busy, adaptive, interrupt); and
-//! the tiered buffer pool (4 KiB / 64 KiB / 256 KiB).
+//! One reactor thread per configured core (optionally pinned) owns its
+//! connections and loops over socket I/O, engine completions, timers and
+//! cross-reactor mailboxes, in one of three poll modes (busy, adaptive,
+//! interrupt). Buffers come from a tiered pool (4 KiB / 64 KiB / 256 KiB)
+//! with a bounded size and per-owner quotas. Socket I/O is epoll readiness
+//! plus non-blocking `recv`/`sendmsg` today; [`SocketIo`] is the seam for an
+//! io_uring backend.
+//!
+//! ```text
+//!            other threads (reactors, tokio, engine workers)
+//!                 | Remote::post(closure)      | engine completion
+//!                 v                            v  (writes handle eventfd)
+//!   +------------ mailbox (lock-free) --+   eventfds / sockets
+//!   |  ReactorPool: one thread per core |        | epoll (edge-triggered)
+//!   v                                   |        v
+//!  loop {                               |  Registration ready bits
+//!    run <= N messages  <---------------+
+//!    fire due timers (heap, cancelable)
+//!    epoll_wait(0) if fds registered -> mark ready bits
+//!    for p in pollers: p.poll(cx)  (connections, engine handles, listener)
+//!    if no work:
+//!      busy      -> loop again
+//!      adaptive  -> loop again until idle for `spin` (default 50 µs), then
+//!      interrupt -> sleep: set "sleeping" flag, recheck mailbox,
+//!                   pollers' before_sleep (arm engine eventfds),
+//!                   epoll_wait(until next timer) on fds + mailbox eventfd
+//!  }
+//!  stop(): pollers' shutdown(), threads joined
+//! ```
+//!
+//! A protocol target implements [`Protocol`] (parse bytes in place, queue
+//! responses on an [`OutQueue`]), binds a [`Listener`] whose factory wraps
+//! each accepted socket in a [`Connection`], and posts to other reactors with
+//! [`Context::post`] or [`Remote::post`]. An engine handle becomes a
+//! [`Poller`] that drains completions in `poll`, registers the handle's
+//! notify fd with [`Context::register`] and arms it in
+//! [`Poller::before_sleep`].
+
+#![warn(missing_docs)]
+
+pub mod buffer_pool;
+pub mod connection;
+mod epoll;
+pub mod listener;
+mod mailbox;
+pub mod poll_mode;
+mod reactor;
+pub mod socket;
+pub mod socket_epoll;
+mod stats;
+pub mod timer;
+mod wake;
+
+pub use buffer_pool::{
+    BufferPool, BufferPoolConfig, PoolAccount, PoolConfigError, PoolError, PoolStats, TIER_SIZES,
+};
+pub use connection::{Close, CloseReason, Connection, ConnectionConfig, OutQueue, Protocol};
+pub use epoll::{Interest, Ready, Registration};
+pub use listener::{ConnectionFactory, Listener, ListenerConfig};
+pub use mailbox::{Message, PostError};
+pub use poll_mode::{ParsePollModeError, PollMode, DEFAULT_ADAPTIVE_SPIN};
+pub use reactor::{Context, PollResult, Poller, ReactorConfig, ReactorError, ReactorPool, Remote};
+pub use socket::{SocketConfig, SocketIo};
+pub use socket_epoll::EpollSocket;
+pub use stats::{thread_cpu_time, ReactorCounters};
+pub use timer::TimerId;

@@ -1,0 +1,496 @@
+//! A connection: an input buffer parsed in place by a [`Protocol`], and an
+//! output queue that coalesces small writes into one `sendmsg` with
+//! backpressure.
+//!
+//! ```text
+//!  socket --recv--> [ input: consumed | unparsed | spare ]
+//!                              |
+//!                   Protocol::on_input(&unparsed) -> consumed bytes
+//!                              |
+//!                   OutQueue: [hdr+status (coalesced)] [data buf] [..]
+//!                              |
+//!  socket <--sendmsg(iovecs)---+   reading pauses while the queue is
+//!                                  above its high-water mark
+//! ```
+//!
+//! Peer EOF (half-close): input already received is still handled, queued
+//! output is flushed, then the connection closes once the protocol has
+//! nothing in flight. A socket error, or a protocol that reports
+//! [`Close::Now`], closes at once. Either way only this connection's poller
+//! is removed; others on the reactor are unaffected.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use crate::buffer_pool::PoolAccount;
+use crate::reactor::{Context, PollResult, Poller};
+use crate::socket::SocketIo;
+use crate::socket_epoll::EpollSocket;
+
+/// How a protocol wants the connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Drop the connection now; queued output is discarded.
+    Now,
+    /// Stop reading, send what is queued, then close.
+    AfterFlush,
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side and everything was answered.
+    PeerClosed,
+    /// The protocol asked for it.
+    Protocol,
+    /// A PDU did not fit in the largest input buffer.
+    InputTooLarge,
+    /// A socket error.
+    Io(io::ErrorKind),
+    /// The reactor is stopping.
+    Shutdown,
+}
+
+/// The protocol side of a connection (an iSCSI or NVMe/TCP queue).
+pub trait Protocol {
+    /// Handle bytes at the front of `input` (received, not yet consumed);
+    /// return how many were consumed, `Ok(0)` to wait (for more bytes, or
+    /// for a resource such as a pool buffer: unconsumed input is offered
+    /// again on later polls). Called again while it consumes something and
+    /// input remains.
+    fn on_input(
+        &mut self,
+        input: &[u8],
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<usize, Close>;
+
+    /// Other work on every iteration (typically responses for engine
+    /// completions the protocol routed to itself); returns work done.
+    fn poll(&mut self, out: &mut OutQueue, cx: &mut Context) -> Result<usize, Close> {
+        let _ = (out, cx);
+        Ok(0)
+    }
+
+    /// Whether requests are still in flight (a half-closed connection waits
+    /// for them before it closes).
+    fn in_flight(&self) -> bool {
+        false
+    }
+
+    /// See [`Poller::before_sleep`].
+    fn before_sleep(&mut self, cx: &mut Context) -> bool {
+        let _ = cx;
+        true
+    }
+
+    /// The connection is closed (called once).
+    fn on_close(&mut self, reason: &CloseReason, cx: &mut Context) {
+        let _ = (reason, cx);
+    }
+}
+
+/// Buffer sizes and watermarks of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Initial input buffer size.
+    pub input_buffer: usize,
+    /// Largest input buffer: a PDU (header + in-capsule data) must fit.
+    pub max_input_buffer: usize,
+    /// Stop reading while more than this many bytes wait to be sent.
+    pub output_high_water: usize,
+    /// Resume reading below this.
+    pub output_low_water: usize,
+    /// Writes up to this size are copied into a coalescing buffer.
+    pub small_write: usize,
+    /// `recv` calls per poll at most (fairness between connections).
+    pub reads_per_poll: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            input_buffer: 64 << 10,
+            max_input_buffer: (1 << 20) + (4 << 10),
+            output_high_water: 4 << 20,
+            output_low_water: 1 << 20,
+            small_write: 1024,
+            reads_per_poll: 4,
+        }
+    }
+}
+
+/// Gather list entries per `sendmsg`.
+const MAX_IOV: usize = 64;
+/// Capacity of a coalescing buffer.
+const INLINE_CAP: usize = 16 << 10;
+
+struct Chunk {
+    data: Vec<u8>,
+    /// A coalescing buffer (recycled here) rather than a pool buffer.
+    inline: bool,
+}
+
+/// Bytes waiting to be sent, in order.
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already sent.
+    head: usize,
+    bytes: usize,
+    small_write: usize,
+    spare: Vec<Vec<u8>>,
+    account: Option<PoolAccount>,
+}
+
+impl std::fmt::Debug for OutQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutQueue")
+            .field("chunks", &self.chunks.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl OutQueue {
+    fn new(small_write: usize, account: Option<PoolAccount>) -> OutQueue {
+        OutQueue {
+            chunks: VecDeque::with_capacity(MAX_IOV),
+            head: 0,
+            bytes: 0,
+            small_write,
+            spare: Vec::new(),
+            account,
+        }
+    }
+
+    /// Bytes queued and not yet sent.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Queue a copy of `data` (headers, status, small responses); coalesced
+    /// with adjacent small writes.
+    pub fn push(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if data.len() > self.small_write {
+            let mut v = Vec::with_capacity(data.len());
+            v.extend_from_slice(data);
+            self.chunks.push_back(Chunk {
+                data: v,
+                inline: false,
+            });
+            self.bytes += data.len();
+            return;
+        }
+        let fits = self
+            .chunks
+            .back()
+            .is_some_and(|c| c.inline && c.data.capacity() - c.data.len() >= data.len())
+            && !(self.chunks.len() == 1 && self.head > 0);
+        if !fits {
+            let v = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(INLINE_CAP));
+            self.chunks.push_back(Chunk {
+                data: v,
+                inline: true,
+            });
+        }
+        if let Some(c) = self.chunks.back_mut() {
+            c.data.extend_from_slice(data);
+        }
+        self.bytes += data.len();
+    }
+
+    /// Queue a data buffer by move (no copy); it goes back to the buffer
+    /// pool (through the connection's account, if any) once sent.
+    pub fn push_buf(&mut self, buf: Vec<u8>) {
+        if buf.is_empty() {
+            self.recycle(Chunk {
+                data: buf,
+                inline: false,
+            });
+            return;
+        }
+        self.bytes += buf.len();
+        self.chunks.push_back(Chunk {
+            data: buf,
+            inline: false,
+        });
+    }
+
+    fn recycle(&mut self, mut c: Chunk) {
+        if c.inline {
+            c.data.clear();
+            if self.spare.len() < 4 {
+                self.spare.push(c.data);
+            }
+        } else if let Some(a) = &self.account {
+            a.put(c.data);
+        }
+        // Without an account, `flush` hands buffers to the reactor's pool.
+    }
+
+    /// Send as much as the socket takes. `Ok(true)` if anything was sent.
+    fn flush<S: SocketIo>(&mut self, sock: &mut S, cx: &mut Context) -> io::Result<bool> {
+        let mut sent_any = false;
+        while self.bytes > 0 && sock.may_send() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (i, c) in self.chunks.iter().take(MAX_IOV).enumerate() {
+                let start = if i == 0 { self.head } else { 0 };
+                iov[n] = IoSlice::new(&c.data[start..]);
+                n += 1;
+            }
+            let mut sent = match sock.send(&iov[..n]) {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            sent_any |= sent > 0;
+            self.bytes -= sent;
+            while sent > 0 {
+                let Some(front) = self.chunks.front() else {
+                    break;
+                };
+                let left = front.data.len() - self.head;
+                if sent < left {
+                    self.head += sent;
+                    break;
+                }
+                sent -= left;
+                self.head = 0;
+                if let Some(c) = self.chunks.pop_front() {
+                    if !c.inline && self.account.is_none() {
+                        cx.buffer_pool().put(c.data);
+                    } else {
+                        self.recycle(c);
+                    }
+                }
+            }
+        }
+        Ok(sent_any)
+    }
+
+    fn clear(&mut self, cx: &mut Context) {
+        while let Some(c) = self.chunks.pop_front() {
+            if !c.inline && self.account.is_none() {
+                cx.buffer_pool().put(c.data);
+            } else {
+                self.recycle(c);
+            }
+        }
+        self.head = 0;
+        self.bytes = 0;
+    }
+}
+
+/// A TCP connection driven by its reactor: a [`Poller`] that reads, lets
+/// `P` parse in place, and writes `P`'s responses.
+pub struct Connection<P: Protocol, S: SocketIo = EpollSocket> {
+    sock: S,
+    proto: P,
+    cfg: ConnectionConfig,
+    input: Vec<u8>,
+    /// Consumed prefix of `input`.
+    start: usize,
+    out: OutQueue,
+    read_closed: bool,
+    closing: bool,
+    paused: bool,
+    closed: bool,
+}
+
+impl<P: Protocol> Connection<P, EpollSocket> {
+    /// Register `stream` (already configured, non-blocking) with the calling
+    /// reactor and wrap it. Buffers queued with [`OutQueue::push_buf`] go
+    /// back to `account` when sent, or to the reactor's pool without one.
+    pub fn new(
+        stream: std::net::TcpStream,
+        proto: P,
+        cfg: ConnectionConfig,
+        account: Option<PoolAccount>,
+        cx: &mut Context,
+    ) -> io::Result<Self> {
+        let sock = EpollSocket::new(stream, cx)?;
+        Ok(Connection::with_socket(sock, proto, cfg, account))
+    }
+}
+
+impl<P: Protocol, S: SocketIo> Connection<P, S> {
+    /// Wrap a socket of any backend.
+    pub fn with_socket(
+        sock: S,
+        proto: P,
+        cfg: ConnectionConfig,
+        account: Option<PoolAccount>,
+    ) -> Self {
+        let input = Vec::with_capacity(cfg.input_buffer.max(512));
+        let out = OutQueue::new(cfg.small_write, account);
+        Connection {
+            sock,
+            proto,
+            cfg,
+            input,
+            start: 0,
+            out,
+            read_closed: false,
+            closing: false,
+            paused: false,
+            closed: false,
+        }
+    }
+
+    /// The protocol state.
+    pub fn protocol(&self) -> &P {
+        &self.proto
+    }
+
+    fn close(&mut self, reason: CloseReason, cx: &mut Context) -> PollResult {
+        if !self.closed {
+            self.closed = true;
+            self.out.clear(cx);
+            self.sock.shutdown();
+            self.proto.on_close(&reason, cx);
+        }
+        PollResult::Remove
+    }
+
+    /// Let the protocol consume buffered input. Returns PDUs handled.
+    fn parse(&mut self, cx: &mut Context) -> Result<usize, Close> {
+        let mut n = 0;
+        while self.start < self.input.len() && !self.paused && !self.closing {
+            let used = self
+                .proto
+                .on_input(&self.input[self.start..], &mut self.out, cx)?;
+            if used == 0 {
+                break;
+            }
+            self.start = (self.start + used).min(self.input.len());
+            n += 1;
+            if self.out.len() > self.cfg.output_high_water {
+                self.paused = true;
+            }
+        }
+        if self.start == self.input.len() {
+            self.input.clear();
+            self.start = 0;
+        }
+        Ok(n)
+    }
+
+    /// Make room at the end of `input`; `false` if a PDU cannot fit.
+    fn make_room(&mut self) -> bool {
+        if self.input.len() < self.input.capacity() {
+            return true;
+        }
+        if self.start > 0 {
+            self.input.drain(..self.start);
+            self.start = 0;
+            return true;
+        }
+        let cap = self.input.capacity();
+        if cap >= self.cfg.max_input_buffer {
+            return false;
+        }
+        let want = (cap * 2).min(self.cfg.max_input_buffer);
+        self.input.reserve_exact(want - self.input.len());
+        true
+    }
+}
+
+impl<P: Protocol, S: SocketIo> Poller for Connection<P, S> {
+    fn poll(&mut self, cx: &mut Context) -> PollResult {
+        if self.closed {
+            return PollResult::Remove;
+        }
+        let mut work = 0;
+        match self.proto.poll(&mut self.out, cx) {
+            Ok(n) => work += n,
+            Err(Close::Now) => return self.close(CloseReason::Protocol, cx),
+            Err(Close::AfterFlush) => self.closing = true,
+        }
+
+        let mut reads = 0;
+        while !self.read_closed
+            && !self.closing
+            && !self.paused
+            && reads < self.cfg.reads_per_poll
+            && self.sock.may_recv()
+        {
+            if !self.make_room() {
+                return self.close(CloseReason::InputTooLarge, cx);
+            }
+            reads += 1;
+            match self.sock.recv(&mut self.input) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    work += 1;
+                }
+                Ok(_) => {
+                    work += 1;
+                    match self.parse(cx) {
+                        Ok(n) => work += n,
+                        Err(Close::Now) => return self.close(CloseReason::Protocol, cx),
+                        Err(Close::AfterFlush) => self.closing = true,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.close(CloseReason::Io(e.kind()), cx),
+            }
+        }
+
+        if reads == 0 && self.start < self.input.len() {
+            // Unparsed input and nothing new: the protocol may have waited
+            // for a resource (a pool buffer, a command slot); retry.
+            match self.parse(cx) {
+                Ok(n) => work += n,
+                Err(Close::Now) => return self.close(CloseReason::Protocol, cx),
+                Err(Close::AfterFlush) => self.closing = true,
+            }
+        }
+
+        if !self.out.is_empty() {
+            match self.out.flush(&mut self.sock, cx) {
+                Ok(sent) => work += usize::from(sent),
+                Err(e) => return self.close(CloseReason::Io(e.kind()), cx),
+            }
+        }
+        if self.paused && self.out.len() <= self.cfg.output_low_water {
+            self.paused = false;
+            match self.parse(cx) {
+                Ok(n) => work += n + 1,
+                Err(Close::Now) => return self.close(CloseReason::Protocol, cx),
+                Err(Close::AfterFlush) => self.closing = true,
+            }
+        }
+
+        if (self.closing || self.read_closed) && self.out.is_empty() && !self.proto.in_flight() {
+            let reason = if self.closing {
+                CloseReason::Protocol
+            } else {
+                CloseReason::PeerClosed
+            };
+            return self.close(reason, cx);
+        }
+        PollResult::Work(work)
+    }
+
+    fn before_sleep(&mut self, cx: &mut Context) -> bool {
+        self.proto.before_sleep(cx)
+    }
+
+    fn shutdown(&mut self, cx: &mut Context) {
+        self.close(CloseReason::Shutdown, cx);
+    }
+}

@@ -1,0 +1,73 @@
+//! Socket setup as a fast target does it, and the seam between connections
+//! and the socket I/O backend.
+//!
+//! [`SocketIo`] is what a [`Connection`](crate::Connection) needs from a
+//! socket: receive into spare capacity, send a gather list, and know whether
+//! trying is worthwhile. The epoll backend ([`crate::socket_epoll`]) does
+//! non-blocking `recv`/`sendmsg` on readiness; an io_uring backend
+//! (`socket_uring.rs` behind a `uring` cargo feature, later) implements the
+//! same trait with its own submissions and completions.
+
+use std::io::{self, IoSlice};
+use std::net::TcpStream;
+
+use socket2::SockRef;
+
+/// Options applied to every accepted (or connected) TCP socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketConfig {
+    /// Disable Nagle: responses leave at once.
+    pub nodelay: bool,
+    /// `SO_RCVBUF` in bytes (`None`: kernel default).
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` in bytes (`None`: kernel default).
+    pub send_buffer: Option<usize>,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            nodelay: true,
+            recv_buffer: Some(1 << 20),
+            send_buffer: Some(1 << 20),
+        }
+    }
+}
+
+impl SocketConfig {
+    /// Make `stream` non-blocking and apply the options.
+    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let s = SockRef::from(stream);
+        if self.nodelay {
+            s.set_tcp_nodelay(true)?;
+        }
+        if let Some(n) = self.recv_buffer {
+            s.set_recv_buffer_size(n)?;
+        }
+        if let Some(n) = self.send_buffer {
+            s.set_send_buffer_size(n)?;
+        }
+        Ok(())
+    }
+}
+
+/// Non-blocking socket I/O as a connection drives it.
+pub trait SocketIo {
+    /// Whether a receive may find data (or EOF, or an error).
+    fn may_recv(&self) -> bool;
+
+    /// Whether a send may make progress.
+    fn may_send(&self) -> bool;
+
+    /// Receive into the spare capacity of `buf` (appending); `Ok(0)` is EOF.
+    /// `WouldBlock` when nothing is there (readiness is then forgotten).
+    fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
+
+    /// Send as much of `bufs` as the socket takes, in one call. Never raises
+    /// `SIGPIPE`. `WouldBlock` when the send buffer is full.
+    fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Shut both directions down (the fd is closed on drop).
+    fn shutdown(&mut self);
+}

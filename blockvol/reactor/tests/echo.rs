@@ -1,0 +1,215 @@
+//! An echo server over real loopback sockets on two reactors: several
+//! well-behaved clients, a half-closed client, a client sending garbage and
+//! a client that does not read for a while (backpressure), all at once.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keel_reactor::{
+    Close, CloseReason, Connection, ConnectionConfig, ConnectionFactory, Context, Listener,
+    ListenerConfig, OutQueue, PollMode, Poller, PoolError, Protocol, ReactorConfig, ReactorPool,
+};
+
+const MAGIC: u8 = 0xEC;
+
+/// Frames: MAGIC, u16 big-endian length, payload. The echo is the same
+/// frame followed by a one-byte status, the way a target sends data and
+/// then a response capsule.
+struct Echo {
+    closes: Arc<Mutex<Vec<CloseReason>>>,
+}
+
+impl Protocol for Echo {
+    fn on_input(
+        &mut self,
+        input: &[u8],
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<usize, Close> {
+        if input[0] != MAGIC {
+            return Err(Close::Now);
+        }
+        if input.len() < 3 {
+            return Ok(0);
+        }
+        let len = usize::from(u16::from_be_bytes([input[1], input[2]]));
+        if input.len() < 3 + len {
+            return Ok(0);
+        }
+        let mut buf = match cx.buffer_pool().get(len) {
+            Ok(b) => b,
+            Err(PoolError::WouldBlock) => return Ok(0),
+            Err(PoolError::Refused { .. }) => return Err(Close::Now),
+        };
+        buf.extend_from_slice(&input[3..3 + len]);
+        out.push(&input[..3]);
+        out.push_buf(buf);
+        out.push(&[0]);
+        Ok(3 + len)
+    }
+
+    fn on_close(&mut self, reason: &CloseReason, _cx: &mut Context) {
+        self.closes.lock().unwrap().push(reason.clone());
+    }
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![MAGIC];
+    f.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn expect_echo(s: &mut TcpStream, payload: &[u8]) {
+    let mut got = vec![0u8; payload.len() + 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got[..3], &frame(payload)[..3]);
+    assert_eq!(&got[3..3 + payload.len()], payload);
+    assert_eq!(got[3 + payload.len()], 0);
+}
+
+fn payload(seed: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i * 31 + seed * 7).to_le_bytes()[0])
+        .collect()
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+#[test]
+fn echo_server_isolates_bad_clients() {
+    let mut pool = ReactorPool::start(&ReactorConfig {
+        reactors: 2,
+        poll_mode: PollMode::Adaptive {
+            spin: Duration::from_micros(20),
+        },
+        ..ReactorConfig::default()
+    })
+    .unwrap();
+    let closes = Arc::new(Mutex::new(Vec::new()));
+    let cfg = ConnectionConfig {
+        output_high_water: 64 << 10,
+        output_low_water: 16 << 10,
+        ..ConnectionConfig::default()
+    };
+    let c = closes.clone();
+    let factory: ConnectionFactory = Arc::new(move |stream, cx: &mut Context| {
+        let proto = Echo { closes: c.clone() };
+        match Connection::new(stream, proto, cfg.clone(), None, cx) {
+            Ok(conn) => Some(Box::new(conn) as Box<dyn Poller>),
+            Err(_) => None,
+        }
+    });
+    let listener = Listener::bind(
+        &pool,
+        "127.0.0.1:0".parse().unwrap(),
+        ListenerConfig::default(),
+        factory,
+    )
+    .unwrap();
+    let addr = listener.local_addr();
+
+    let mut clients = Vec::new();
+    // Well-behaved clients: request/response with a few pipelined frames.
+    for id in 0..4 {
+        clients.push(thread::spawn(move || {
+            let mut s = connect(addr);
+            for round in 0..100 {
+                let ps: Vec<Vec<u8>> = (0..3)
+                    .map(|k| payload(id * 1000 + round * 3 + k, 1 + (round * 97 + k * 13) % 3000))
+                    .collect();
+                let mut batch = Vec::new();
+                for p in &ps {
+                    batch.extend_from_slice(&frame(p));
+                }
+                s.write_all(&batch).unwrap();
+                for p in &ps {
+                    expect_echo(&mut s, p);
+                }
+            }
+        }));
+    }
+    // A half-closed client: sends, shuts its write side, reads everything.
+    clients.push(thread::spawn(move || {
+        let mut s = connect(addr);
+        let ps: Vec<Vec<u8>> = (0..3).map(|k| payload(k, 500 + k)).collect();
+        for p in &ps {
+            s.write_all(&frame(p)).unwrap();
+        }
+        s.shutdown(Shutdown::Write).unwrap();
+        for p in &ps {
+            expect_echo(&mut s, p);
+        }
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "server closes after answering");
+    }));
+    // A client sending garbage: it gets disconnected.
+    clients.push(thread::spawn(move || {
+        let mut s = connect(addr);
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("garbage got {n} bytes back"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+    }));
+    // A client that writes 4 MB before reading anything: the server must
+    // stop reading (backpressure) instead of queueing without bound.
+    clients.push(thread::spawn(move || {
+        let s = connect(addr);
+        let mut r = s.try_clone().unwrap();
+        let writer = thread::spawn(move || {
+            let mut s = s;
+            for i in 0..1400 {
+                s.write_all(&frame(&payload(i, 3000))).unwrap();
+            }
+        });
+        thread::sleep(Duration::from_millis(200));
+        for i in 0..1400 {
+            expect_echo(&mut r, &payload(i, 3000));
+        }
+        writer.join().unwrap();
+    }));
+    for c in clients {
+        c.join().unwrap();
+    }
+
+    let until = Instant::now() + Duration::from_secs(5);
+    while closes.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < until,
+            "closes: {:?}",
+            closes.lock().unwrap()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    {
+        let closes = closes.lock().unwrap();
+        assert!(closes.contains(&CloseReason::PeerClosed), "{closes:?}");
+        assert!(closes.contains(&CloseReason::Protocol), "{closes:?}");
+    }
+    assert_eq!(listener.accepted(), 7);
+    // Both reactors got connections.
+    let msgs: Vec<u64> = pool
+        .reactors()
+        .iter()
+        .map(|r| r.counters().messages)
+        .collect();
+    assert!(msgs.iter().all(|&m| m > 0), "{msgs:?}");
+
+    pool.stop();
+    let stats = pool.buffer_pool().stats();
+    assert_eq!(stats.in_use_bytes, 0, "{stats:?}");
+    assert!(stats.hits > stats.misses, "{stats:?}");
+    let closes = closes.lock().unwrap();
+    assert_eq!(closes.len(), 7, "every connection closed once: {closes:?}");
+}
