@@ -9,9 +9,11 @@
 //!   and data digests, and login/text key=value segments.
 //! - [`scsi`]: CDBs of the SCSI block command set a Linux or QEMU initiator
 //!   sends, and sense data.
-//! - NVMe/TCP PDUs, the SQE and CQE, and identify and log structures come
-//!   with the NVMe/TCP target.
+//! - [`nvme`]: NVMe/TCP PDU headers (common header, ICReq/ICResp, capsules,
+//!   H2C/C2H data, R2T, TermReq) and the NVMe SQE and CQE; identify and log
+//!   structures come with the NVMe/TCP target.
 #![forbid(unsafe_code)]
 
 pub mod iscsi;
+pub mod nvme;
 pub mod scsi;
