@@ -405,4 +405,47 @@ mod tests {
         .unwrap();
         assert_eq!((n.max_burst_length, n.first_burst_length), (8192, 8192));
     }
+
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &[
+        "HeaderDigest",
+        "DataDigest",
+        "MaxConnections",
+        "InitialR2T",
+        "ImmediateData",
+        "MaxRecvDataSegmentLength",
+        "MaxBurstLength",
+        "FirstBurstLength",
+        "DefaultTime2Wait",
+        "DefaultTime2Retain",
+        "MaxOutstandingR2T",
+        "DataPDUInOrder",
+        "DataSequenceInOrder",
+        "ErrorRecoveryLevel",
+        "SessionType",
+        "Bogus",
+    ];
+
+    proptest! {
+        #[test]
+        fn invariants_hold_for_any_offer(
+            pairs in proptest::collection::vec((0..KEYS.len(), prop_oneof![
+                Just("Yes".to_string()), Just("No".to_string()), Just("CRC32C,None".to_string()),
+                Just("None".to_string()), Just("Normal".to_string()), "[0-9]{1,9}", "[ -~]{0,12}"
+            ]), 0..20)
+        ) {
+            let limits = TargetLimits::default();
+            let mut n = Negotiated::default();
+            let offer: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (KEYS[*k], v.as_str())).collect();
+            if let Ok(out) = negotiate(&offer, &limits, &mut n, &mut Vec::new()) {
+                prop_assert!(n.first_burst_length <= n.max_burst_length);
+                prop_assert!(n.max_burst_length <= limits.max_burst_length.max(262_144));
+                prop_assert!(n.max_outstanding_r2t >= 1 && n.max_outstanding_r2t <= limits.max_outstanding_r2t.max(1));
+                prop_assert_eq!(n.error_recovery_level, 0);
+                prop_assert!(n.initiator_mrdsl >= 512);
+                prop_assert!(out.iter().any(|(k, _)| k == "MaxRecvDataSegmentLength"));
+            }
+        }
+    }
 }
