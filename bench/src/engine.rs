@@ -22,6 +22,17 @@ pub struct Opts {
     pub seconds: f64,
     /// Volume size in bytes.
     pub size: u64,
+    /// The flusher's idle interval (`None`: the engine default). A
+    /// diagnostic knob: a timed flusher pass chases a busy writer.
+    pub flush_interval: Option<Duration>,
+    /// WAL size (`None`: the engine default for the volume size).
+    pub wal_size: Option<u64>,
+    /// Diagnostics: keep the flusher off while the WAL has room (threshold
+    /// and watermarks at 1.0, an hour between timed passes).
+    pub hold_flusher: bool,
+    /// How long `Handle::wait` polls before sleeping (`None`: the engine
+    /// default).
+    pub wait_spin: Option<Duration>,
 }
 
 /// One measured row.
@@ -54,7 +65,8 @@ impl Row {
         }
     }
 
-    fn json(&self) -> Value {
+    /// The row as JSON.
+    pub fn json(&self) -> Value {
         json!({"test": self.test, "iops": self.iops, "mbps": self.mbps,
                "p50_us": self.p50, "p99_us": self.p99, "p999_us": self.p999})
     }
@@ -83,20 +95,26 @@ pub fn raw_limit(dir: &Path, seconds: f64, sequential: bool) -> Result<Row> {
     let buf = vec![0x5au8; BS];
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut s = Samples::default();
-    let start = Instant::now();
+    let start = Instant::now() + warmup(seconds);
     let end = start + Duration::from_secs_f64(seconds);
-    let mut ops = 0u64;
-    while Instant::now() < end {
+    let (mut ops, mut i) = (0u64, 0u64);
+    loop {
+        let t = Instant::now();
+        if t >= end {
+            break;
+        }
         let off = if sequential {
-            (ops * BS as u64) % region
+            (i * BS as u64) % region
         } else {
             rng.gen_range(0..region / BS as u64) * BS as u64
         };
-        let t = Instant::now();
+        i += 1;
         f.write_all_at(&buf, off)?;
         f.sync_data()?;
-        s.add(t.elapsed());
-        ops += 1;
+        if t >= start {
+            s.add(t.elapsed());
+            ops += 1;
+        }
     }
     let name = if sequential {
         "raw pwrite+fdatasync 4k seq"
@@ -109,9 +127,15 @@ pub fn raw_limit(dir: &Path, seconds: f64, sequential: bool) -> Result<Row> {
     Ok(row)
 }
 
-/// Keep `qd` operations in flight for `seconds`; `next(i, buf)` makes the
-/// i-th operation from a recycled buffer. Returns latency samples, ops and
-/// bytes moved.
+/// Warm-up before each measurement: a sixth of it, between 0.1 and 0.5 s.
+pub fn warmup(seconds: f64) -> Duration {
+    Duration::from_secs_f64((seconds / 6.0).clamp(0.1, 0.5))
+}
+
+/// Keep `qd` operations in flight for a warm-up and then `seconds`;
+/// `next(i, buf)` makes the i-th operation from a recycled buffer. Returns
+/// the latency samples, ops and bytes of the operations submitted after the
+/// warm-up, and the time they took.
 fn drive(
     vol: &Volume,
     qd: usize,
@@ -124,7 +148,7 @@ fn drive(
     let mut bufs: Vec<Vec<u8>> = (0..qd).map(|_| Vec::new()).collect();
     let mut s = Samples::default();
     let (mut ops, mut bytes, mut i) = (0u64, 0u64, 0u64);
-    let start = Instant::now();
+    let start = Instant::now() + warmup(seconds);
     let end = start + Duration::from_secs_f64(seconds);
     let mut first_err = None;
     loop {
@@ -144,15 +168,20 @@ fn drive(
         h.poll_completions(|c| {
             got += 1;
             let si = usize::try_from(c.tag).unwrap_or(0);
-            s.add(start_of[si].elapsed());
+            let counted = start_of[si] >= start;
+            if counted {
+                s.add(start_of[si].elapsed());
+                ops += 1;
+            }
             if let Err(e) = c.result {
                 first_err.get_or_insert(e);
             }
             if let Some(b) = c.buf {
-                bytes += b.len() as u64;
+                if counted {
+                    bytes += b.len() as u64;
+                }
                 bufs[si] = b;
             }
-            ops += 1;
             free.push(c.tag);
         });
         if let Some(e) = first_err.take() {
@@ -179,8 +208,46 @@ pub struct BackendResult {
     pub backend: &'static str,
     /// Rows in order.
     pub rows: Vec<Row>,
-    /// Engine counters after the run.
+    /// Engine counters over the whole run (preload included).
     pub stats: StatsSnapshot,
+    /// Engine counters during each test (warm-up included), by test name.
+    pub test_stats: Vec<(&'static str, StatsSnapshot)>,
+}
+
+/// `after - before`, counter by counter.
+pub fn stats_delta(after: &StatsSnapshot, before: &StatsSnapshot) -> StatsSnapshot {
+    let d = |a: u64, b: u64| a.saturating_sub(b);
+    StatsSnapshot {
+        read_ops: d(after.read_ops, before.read_ops),
+        read_bytes: d(after.read_bytes, before.read_bytes),
+        read_retries: d(after.read_retries, before.read_retries),
+        write_ops: d(after.write_ops, before.write_ops),
+        write_bytes: d(after.write_bytes, before.write_bytes),
+        fua_writes: d(after.fua_writes, before.fua_writes),
+        trim_ops: d(after.trim_ops, before.trim_ops),
+        trim_bytes: d(after.trim_bytes, before.trim_bytes),
+        zero_ops: d(after.zero_ops, before.zero_ops),
+        zero_bytes: d(after.zero_bytes, before.zero_bytes),
+        flush_ops: d(after.flush_ops, before.flush_ops),
+        fdatasyncs: d(after.fdatasyncs, before.fdatasyncs),
+        linked_syncs: d(after.linked_syncs, before.linked_syncs),
+        group_commits: d(after.group_commits, before.group_commits),
+        group_commit_waiters: d(after.group_commit_waiters, before.group_commit_waiters),
+        group_commit_batch_hist: std::array::from_fn(|i| {
+            d(
+                after.group_commit_batch_hist[i],
+                before.group_commit_batch_hist[i],
+            )
+        }),
+        flusher_runs: d(after.flusher_runs, before.flusher_runs),
+        flusher_records: d(after.flusher_records, before.flusher_records),
+        flusher_bytes: d(after.flusher_bytes, before.flusher_bytes),
+        flusher_errors: d(after.flusher_errors, before.flusher_errors),
+        admission_soft_waits: d(after.admission_soft_waits, before.admission_soft_waits),
+        admission_hard_waits: d(after.admission_hard_waits, before.admission_hard_waits),
+        admission_timeouts: d(after.admission_timeouts, before.admission_timeouts),
+        io_errors: d(after.io_errors, before.io_errors),
+    }
 }
 
 impl BackendResult {
@@ -209,15 +276,32 @@ pub fn run_backend(opts: &Opts, mode: BackendMode) -> Result<BackendResult> {
         let _ = std::fs::remove_file(keel_blockvol::storage::extent_path(p));
     };
     remove(&path);
-    let cfg = VolumeConfig {
+    let mut cfg = VolumeConfig {
         backend: mode,
         ..Default::default()
     };
-    let vol = Volume::create(&path, &CreateOptions::new(opts.size), &cfg)
+    if let Some(i) = opts.flush_interval {
+        cfg.flush_interval = i;
+    }
+    if let Some(w) = opts.wait_spin {
+        cfg.wait_spin = w;
+    }
+    if opts.hold_flusher {
+        cfg.flush_threshold = 1.0;
+        cfg.wal_soft_watermark = 1.0;
+        cfg.wal_hard_watermark = 1.0;
+        cfg.flush_interval = Duration::from_secs(3600);
+    }
+    let mut create = CreateOptions::new(opts.size);
+    if let Some(w) = opts.wal_size {
+        create.wal_size = w;
+    }
+    let vol = Volume::create(&path, &create, &cfg)
         .with_context(|| format!("creating {}", path.display()))?;
     let backend = vol.status().backend;
     let blocks = vol.info().blocks;
     let mut rows = Vec::new();
+    let mut test_stats = Vec::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let secs = opts.seconds;
     let bs = BS as u64;
@@ -225,15 +309,18 @@ pub fn run_backend(opts: &Opts, mode: BackendMode) -> Result<BackendResult> {
 
     // Durable random writes.
     for (qd, name) in [(1usize, QD1_WRITE), (32, QD32_WRITE)] {
+        let before = vol.stats();
         let (s, ops, bytes, el) = drive(&vol, qd, secs, |_, b| Op::Write {
             lba: rng.gen_range(0..nblk),
             buf: buf_of(b, BS, 0xa5),
             fua: true,
         })?;
+        test_stats.push((name, stats_delta(&vol.stats(), &before)));
         rows.push(Row::new(name, s, ops, bytes, el));
     }
     // Sequential 128 KiB writes, a flush every 32.
     let per = 32u64;
+    let before = vol.stats();
     let (s, ops, bytes, el) = drive(&vol, 1, secs, |i, b| {
         if i % 33 == 32 {
             Op::Flush
@@ -246,6 +333,7 @@ pub fn run_backend(opts: &Opts, mode: BackendMode) -> Result<BackendResult> {
             }
         }
     })?;
+    test_stats.push((SEQ_WRITE, stats_delta(&vol.stats(), &before)));
     rows.push(Row::new(SEQ_WRITE, s, ops, bytes, el));
     // Reads over a preloaded region (the page cache holds it: this measures
     // the engine's read path, not the disk).
@@ -273,6 +361,7 @@ pub fn run_backend(opts: &Opts, mode: BackendMode) -> Result<BackendResult> {
         backend,
         rows,
         stats,
+        test_stats,
     })
 }
 
@@ -321,182 +410,15 @@ pub fn median_results(runs: &[Vec<BackendResult>]) -> Vec<BackendResult> {
             let last = runs
                 .last()
                 .and_then(|run| run.iter().find(|x| x.backend == b.backend))
-                .map_or_else(|| b.stats.clone(), |x| x.stats.clone());
+                .unwrap_or(b);
             BackendResult {
                 backend: b.backend,
                 rows,
-                stats: last,
+                stats: last.stats.clone(),
+                test_stats: last.test_stats.clone(),
             }
         })
         .collect()
-}
-
-/// A goal and whether it was met.
-#[derive(Debug)]
-pub struct Goal {
-    /// What it says.
-    pub what: String,
-    /// Measured value and bound, as text.
-    pub detail: String,
-    /// Met.
-    pub pass: bool,
-}
-
-/// The goals of the engine issue, checked against one run.
-pub fn goals(raw: &Row, results: &[BackendResult]) -> Vec<Goal> {
-    let mut g = Vec::new();
-    for r in results {
-        if let (Some(q1), Some(q32)) = (r.row(QD1_WRITE), r.row(QD32_WRITE)) {
-            let ratio = q1.p50 / raw.p50;
-            g.push(Goal {
-                what: format!("{}: durable write qd1 p50 <= 1.2x raw", r.backend),
-                detail: format!("{:.0} us vs raw {:.0} us = {ratio:.2}x", q1.p50, raw.p50),
-                pass: ratio <= 1.2,
-            });
-            let scale = q32.iops / q1.iops;
-            g.push(Goal {
-                what: format!("{}: durable write qd32 IOPS >= 8x qd1", r.backend),
-                detail: format!("{:.0} vs {:.0} IOPS = {scale:.1}x", q32.iops, q1.iops),
-                pass: scale >= 8.0,
-            });
-        }
-    }
-    if let (Some(std), Some(uring)) = (
-        results.iter().find(|r| r.backend == "standard"),
-        results.iter().find(|r| r.backend == "io_uring"),
-    ) {
-        for s in &std.rows {
-            if let Some(u) = uring.row(s.test) {
-                let ratio = u.iops / s.iops;
-                g.push(Goal {
-                    what: format!("io_uring not slower than standard: {}", s.test),
-                    detail: format!(
-                        "{:.0} vs {:.0} IOPS = {ratio:.2}x (5% noise band)",
-                        u.iops, s.iops
-                    ),
-                    pass: ratio >= 0.95,
-                });
-            }
-        }
-    }
-    g
-}
-
-/// Engine counters worth showing next to the numbers.
-pub fn stats_json(s: &StatsSnapshot) -> Value {
-    json!({
-        "fdatasyncs": s.fdatasyncs,
-        "linked_syncs": s.linked_syncs,
-        "group_commits": s.group_commits,
-        "group_commit_waiters": s.group_commit_waiters,
-        "group_commit_batch_hist": {"1": s.group_commit_batch_hist[0], "2": s.group_commit_batch_hist[1],
-            "3-4": s.group_commit_batch_hist[2], "5-8": s.group_commit_batch_hist[3], "9-16": s.group_commit_batch_hist[4],
-            "17-32": s.group_commit_batch_hist[5], "33+": s.group_commit_batch_hist[6]},
-        "flusher_runs": s.flusher_runs,
-        "flusher_bytes": s.flusher_bytes,
-        "admission_soft_waits": s.admission_soft_waits,
-        "admission_hard_waits": s.admission_hard_waits,
-        "read_retries": s.read_retries,
-    })
-}
-
-/// The whole report as one JSON object.
-pub fn to_json(
-    machine: Value,
-    raw: &Row,
-    raws: &[Row],
-    results: &[BackendResult],
-    goals: &[Goal],
-    seconds: f64,
-) -> Value {
-    let backends: Vec<Value> = results
-        .iter()
-        .map(|r| {
-            let get = |t: &str| r.row(t).cloned();
-            let q1 = get(QD1_WRITE);
-            let q32 = get(QD32_WRITE);
-            json!({
-                "backend": r.backend,
-                "qd1_durable_write_p50_us": q1.as_ref().map(|x| x.p50),
-                "qd1_durable_write_p99_us": q1.as_ref().map(|x| x.p99),
-                "qd1_durable_write_iops": q1.as_ref().map(|x| x.iops),
-                "qd32_durable_write_iops": q32.as_ref().map(|x| x.iops),
-                "qd32_durable_write_p50_us": q32.as_ref().map(|x| x.p50),
-                "qd32_durable_write_p99_us": q32.as_ref().map(|x| x.p99),
-                "seq128k_flush_mbps": get(SEQ_WRITE).map(|x| x.mbps),
-                "qd1_read_p50_us": get(QD1_READ).map(|x| x.p50),
-                "qd32_read_iops": get(QD32_READ).map(|x| x.iops),
-                "qd1_durable_write_ratio_to_raw_p50": q1.as_ref().map(|x| x.p50 / raw.p50),
-                "rows": r.rows.iter().map(Row::json).collect::<Vec<_>>(),
-                "engine_stats": stats_json(&r.stats),
-            })
-        })
-        .collect();
-    json!({
-        "machine": machine,
-        "seconds_per_test": seconds,
-        "statistic": "per-metric median over runs",
-        "raw_qd1_write_fdatasync_p50_us": raw.p50,
-        "raw_qd1_write_fdatasync_p99_us": raw.p99,
-        "raw_qd1_write_fdatasync_iops": raw.iops,
-        "raw_qd1_write_fdatasync_kind": raw.test,
-        "raw_rows": raws.iter().map(Row::json).collect::<Vec<_>>(),
-        "backends": backends,
-        "goals": goals.iter().map(|g| json!({"goal": g.what, "detail": g.detail, "pass": g.pass})).collect::<Vec<_>>(),
-    })
-}
-
-/// The report as a text table.
-pub fn to_table(raw: &Row, raws: &[Row], results: &[BackendResult], goals: &[Goal]) -> String {
-    use std::fmt::Write as _;
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "{:<10} {:<28} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "backend", "test", "IOPS", "MB/s", "p50 us", "p99 us", "p99.9 us", "vs raw"
-    );
-    let line = |o: &mut String, b: &str, r: &Row, vs: String| {
-        let _ = writeln!(
-            o,
-            "{:<10} {:<28} {:>10.0} {:>9.1} {:>9.0} {:>9.0} {:>9.0} {:>9}",
-            b, r.test, r.iops, r.mbps, r.p50, r.p99, r.p999, vs
-        );
-    };
-    for r in raws {
-        let vs = if r.test == raw.test {
-            "limit".to_string()
-        } else {
-            String::new()
-        };
-        line(&mut o, "raw", r, vs);
-    }
-    for res in results {
-        for r in &res.rows {
-            let vs = match r.test {
-                QD1_WRITE => format!("{:.2}x p50", r.p50 / raw.p50),
-                QD32_WRITE => format!("{:.1}x iops", r.iops / raw.iops),
-                _ => String::new(),
-            };
-            line(&mut o, res.backend, r, vs);
-        }
-        let s = &res.stats;
-        let _ = writeln!(
-            o,
-            "{:<10} group commit: {} syncs for {} waiters (batch sizes 1/2/3-4/5-8/9-16/17-32/33+: {:?}), {} linked write+sync",
-            "", s.group_commits, s.group_commit_waiters, s.group_commit_batch_hist, s.linked_syncs
-        );
-    }
-    let _ = writeln!(o);
-    for g in goals {
-        let _ = writeln!(
-            o,
-            "{} {} ({})",
-            if g.pass { "PASS" } else { "MISS" },
-            g.what,
-            g.detail
-        );
-    }
-    o
 }
 
 /// The backends to measure: every one compiled in.

@@ -1,12 +1,23 @@
-//! keel benchmarks and load generators.
+//! keel benchmarks and load generators (`keel-bench`).
 //!
-//! Measures keel side by side with its peers in one run on the same machine
-//! and storage: today the engine against the raw pwrite+fdatasync limit of
-//! the file system (`keel-bench engine`); the NVMe/TCP and iSCSI load
-//! generators (our own initiators on `keel-pdu`) and the comparison against
-//! tgt and the kernel's nvmet join it with the targets. Criterion
-//! micro-benchmarks live in `benches/`.
+//! Measures keel side by side with its reference in one run on the same
+//! machine and storage, and records the machine with the numbers:
+//!
+//! ```text
+//!  keel-bench engine   raw pwrite+fdatasync ─┐ interleaved, N runs,
+//!                      standard backend  ────┤ per-metric medians
+//!                      io_uring backend  ────┘ → table or one JSON object
+//!  keel-bench iscsi    (later) our initiator on keel-pdu: keel vs tgt
+//!  keel-bench nvmf     (later) our initiator on keel-pdu: keel vs nvmet
+//! ```
+//!
+//! Today: the engine against the raw pwrite+fdatasync limit of the file
+//! system (`engine.rs` measures, `report.rs` checks the goals and renders,
+//! `hist.rs` keeps latency samples, `machine.rs` describes the machine and
+//! the file system). Criterion micro-benchmarks (parse, WAL append,
+//! dirty-map lookup) will live in `benches/`.
 
 pub mod engine;
 pub mod hist;
 pub mod machine;
+pub mod report;

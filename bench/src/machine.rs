@@ -2,14 +2,19 @@
 
 use std::path::Path;
 
-/// Cores, kernel, and the file system holding `dir`.
+/// Cores, kernel, and the file system holding `dir` (its type from
+/// `statfs(2)`, cross-checked with the mount table).
 pub fn describe(dir: &Path) -> serde_json::Value {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
         .to_string();
-    let (fs_type, device, mount) = fs_of(dir).unwrap_or_default();
+    let (mount_fs, device, mount) = fs_of(dir).unwrap_or_default();
+    let magic = statfs_magic(dir);
+    let fs_type = magic
+        .and_then(fs_name)
+        .map_or_else(|| mount_fs.clone(), str::to_string);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -22,10 +27,42 @@ pub fn describe(dir: &Path) -> serde_json::Value {
         "cores": cores,
         "cpu": cpu,
         "kernel": kernel,
-        "dir": dir.display().to_string(),
+        "dir": std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).display().to_string(),
         "fs_type": fs_type,
+        "statfs_magic": magic.map(|m| format!("{m:#x}")),
+        "memory_backed": magic.is_some_and(memory_backed),
         "device": device,
         "mount": mount,
+    })
+}
+
+/// `f_type` of `statfs(2)` on `dir`.
+pub fn statfs_magic(dir: &Path) -> Option<i128> {
+    rustix::fs::statfs(dir).ok().map(|s| i128::from(s.f_type))
+}
+
+const TMPFS_MAGIC: i128 = 0x0102_1994;
+const RAMFS_MAGIC: i128 = 0x8584_58f6;
+
+/// Whether a file system keeps its data in memory (fdatasync is free there,
+/// and a durability benchmark on it measures nothing).
+pub fn memory_backed(magic: i128) -> bool {
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
+}
+
+/// Name of a file-system magic number, for the common ones.
+pub fn fs_name(magic: i128) -> Option<&'static str> {
+    Some(match magic {
+        0xef53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683e => "btrfs",
+        0x2fc1_2fc1 => "zfs",
+        0xf2f5_2010 => "f2fs",
+        0x794c_7630 => "overlayfs",
+        TMPFS_MAGIC => "tmpfs",
+        RAMFS_MAGIC => "ramfs",
+        0x6969 => "nfs",
+        _ => return None,
     })
 }
 
@@ -45,4 +82,19 @@ pub fn fs_of(dir: &Path) -> Option<(String, String, String)> {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_the_current_directory() {
+        let m = describe(Path::new("."));
+        assert!(m["cores"].as_u64().unwrap_or(0) >= 1);
+        assert!(!m["fs_type"].as_str().unwrap_or("").is_empty(), "{m}");
+        assert!(statfs_magic(Path::new(".")).is_some());
+        assert_eq!(fs_name(TMPFS_MAGIC), Some("tmpfs"));
+        assert!(memory_backed(TMPFS_MAGIC) && !memory_backed(0xef53));
+    }
 }

@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use keel_bench::engine::{self, Opts};
-use keel_bench::machine;
+use keel_bench::engine::{self, BackendResult, Opts, Row};
+use keel_bench::{machine, report};
+use keel_tools::size::{format_size, parse_size};
 
-/// keel benchmarks: each runs keel and its peers side by side in one run.
+/// keel benchmarks: each runs keel and its reference side by side in one run.
 #[derive(Parser, Debug)]
 #[command(name = "keel-bench", version)]
 struct Cli {
@@ -19,83 +20,197 @@ struct Cli {
 enum Cmd {
     /// The volume engine on every compiled backend against the raw
     /// pwrite+fdatasync limit of the same file system.
+    ///
+    /// Per backend, on a fresh volume: 4 KiB random durable (FUA) writes at
+    /// QD1 and QD32, 128 KiB sequential writes with a flush every 32, 4 KiB
+    /// random reads at QD1 and QD32 of a preloaded region (page-cache hits).
+    /// The raw limit: 4 KiB pwrite+fdatasync at QD1, random and appending
+    /// (the faster is the floor). Goal misses are reported, not an error.
     Engine {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
-        /// Directory for the test files (default: ./target/bench-tmp, on the
-        /// file system of the checkout; avoid tmpfs, whose fdatasync is free).
+        /// Directory for the test files (default: a fresh directory under
+        /// ./target/bench-tmp, on the file system of the checkout). A
+        /// memory-backed file system (tmpfs) is refused: its fdatasync is free.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Seconds per measurement.
+        /// Seconds per measurement (each after a warm-up of a sixth of it,
+        /// 0.1 to 0.5 s).
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
-        /// Volume size in MiB.
-        #[arg(long, default_value_t = 1024)]
-        size_mib: u64,
+        /// Volume size, e.g. 1GiB, 256MiB.
+        #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+        size: u64,
+        /// Volume size in MiB (older spelling of --size).
+        #[arg(long, hide = true, conflicts_with = "size")]
+        size_mib: Option<u64>,
         /// Runs of the whole set (raw and every backend, interleaved); the
         /// report shows per-metric medians.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Run on a memory-backed file system anyway.
+        #[arg(long)]
+        allow_tmpfs: bool,
+        /// Diagnostics: the engine flusher's idle interval in milliseconds
+        /// (default: the engine's, 1000).
+        #[arg(long)]
+        flush_interval_ms: Option<u64>,
+        /// WAL size (default: the engine's for the volume size).
+        #[arg(long, value_parser = parse_size)]
+        wal_size: Option<u64>,
+        /// Diagnostics: keep the engine flusher off while the WAL has room
+        /// (use a WAL large enough for every write of a test).
+        #[arg(long)]
+        hold_flusher: bool,
+        /// Diagnostics: how long a waiting handle polls before it sleeps, in
+        /// microseconds (default: the engine's, 50).
+        #[arg(long)]
+        wait_spin_us: Option<u64>,
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever RUST_BACKTRACE says.
+            eprintln!("keel-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The nearest existing ancestor of `p` (itself if it exists).
+fn existing_ancestor(p: &std::path::Path) -> PathBuf {
+    p.ancestors()
+        .find(|a| !a.as_os_str().is_empty() && a.exists())
+        .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
         Cmd::Engine {
             json,
             dir,
             seconds,
+            size,
             size_mib,
             runs,
+            allow_tmpfs,
+            flush_interval_ms,
+            wal_size,
+            hold_flusher,
+            wait_spin_us,
         } => {
-            let dir = dir.unwrap_or_else(|| PathBuf::from("target/bench-tmp"));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if !(seconds > 0.0 && seconds.is_finite()) || runs == 0 {
+                bail!("--seconds must be positive and --runs at least 1");
+            }
+            let size = size_mib.map_or(Ok(size), |m| {
+                m.checked_mul(1 << 20).context("--size-mib too large")
+            })?;
+            // `_cleanup` removes the default directory when main returns.
+            let target = dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("target/bench-tmp"));
+            let fs = machine::describe(&existing_ancestor(&target));
+            if fs["memory_backed"].as_bool() == Some(true) && !allow_tmpfs {
+                bail!(
+                    "{} is on {}, whose fdatasync is free; use --dir on a disk file system (or --allow-tmpfs)",
+                    target.display(),
+                    fs["fs_type"].as_str().unwrap_or("a memory file system")
+                );
+            }
+            let (dir, _cleanup): (PathBuf, Option<tempfile::TempDir>) = match dir {
+                Some(d) => {
+                    std::fs::create_dir_all(&d)
+                        .with_context(|| format!("creating {}", d.display()))?;
+                    (d, None)
+                }
+                None => {
+                    let base = PathBuf::from("target/bench-tmp");
+                    std::fs::create_dir_all(&base)
+                        .with_context(|| format!("creating {}", base.display()))?;
+                    let t = tempfile::Builder::new()
+                        .prefix("engine-")
+                        .tempdir_in(&base)
+                        .with_context(|| format!("creating a directory in {}", base.display()))?;
+                    (t.path().to_path_buf(), Some(t))
+                }
+            };
+            let m = machine::describe(&dir);
             let opts = Opts {
                 dir: dir.clone(),
                 seconds,
-                size: size_mib << 20,
+                size,
+                flush_interval: flush_interval_ms.map(std::time::Duration::from_millis),
+                wal_size,
+                hold_flusher,
+                wait_spin: wait_spin_us.map(std::time::Duration::from_micros),
             };
-            let m = machine::describe(&dir);
+            let info = report::RunInfo {
+                seconds,
+                warmup: engine::warmup(seconds).as_secs_f64(),
+                runs,
+                size,
+            };
             if !json {
                 println!(
-                    "machine: {} cores ({}), kernel {}, {} on {} at {}",
+                    "machine: {} cores ({}), kernel {}; {} (statfs magic {}) on {} at {}",
                     m["cores"],
                     m["cpu"].as_str().unwrap_or(""),
                     m["kernel"].as_str().unwrap_or(""),
                     m["fs_type"].as_str().unwrap_or("?"),
+                    m["statfs_magic"].as_str().unwrap_or("?"),
                     m["device"].as_str().unwrap_or("?"),
-                    dir.display()
+                    m["dir"].as_str().unwrap_or("?"),
                 );
                 println!(
-                    "{seconds} s per test, medians of {runs} interleaved runs; 4 KiB random over a {size_mib} MiB volume; durable = FUA\n"
+                    "{seconds} s per test after {:.1} s warm-up, medians of {runs} interleaved runs; 4 KiB random over a {} volume (WAL {}); durable = FUA\n",
+                    info.warmup,
+                    format_size(size),
+                    format_size(wal_size.unwrap_or_else(|| keel_blockvol::default_wal_size(size))),
                 );
             }
-            // The raw limit is the faster of random and sequential
-            // pwrite+fdatasync (the WAL appends, so sequential is the fair
-            // floor; on some devices random is faster).
-            let raw_rand = engine::raw_limit(&dir, seconds, false)?;
-            let raw_seq = engine::raw_limit(&dir, seconds, true)?;
-            let raw = if raw_seq.p50 <= raw_rand.p50 {
-                raw_seq.clone()
-            } else {
-                raw_rand.clone()
-            };
-            let raws = [raw_rand, raw_seq];
-            let mut results = Vec::new();
-            for mode in engine::modes() {
-                results.push(engine::run_backend(&opts, mode)?);
+            let modes = engine::modes();
+            let mut raw_runs: Vec<[Row; 2]> = Vec::new();
+            let mut runs_out: Vec<Vec<BackendResult>> = Vec::new();
+            for run in 0..runs {
+                if !json {
+                    eprintln!("run {}/{runs}...", run + 1);
+                }
+                // The raw limit is the faster of random and sequential
+                // pwrite+fdatasync (the WAL appends, so sequential is the
+                // fair floor; on some devices random is faster).
+                raw_runs.push([
+                    engine::raw_limit(&dir, seconds, false)?,
+                    engine::raw_limit(&dir, seconds, true)?,
+                ]);
+                let mut results = Vec::new();
+                for &mode in &modes {
+                    results.push(engine::run_backend(&opts, mode)?);
+                }
+                runs_out.push(results);
             }
-            let goals = engine::goals(&raw, &results);
+            let raws: Vec<Row> = (0..2)
+                .map(|k| engine::median_row(&raw_runs.iter().map(|r| &r[k]).collect::<Vec<_>>()))
+                .collect();
+            let raw = raws
+                .iter()
+                .min_by(|a, b| a.p50.total_cmp(&b.p50))
+                .cloned()
+                .context("no raw measurement")?;
+            let results = engine::median_results(&runs_out);
+            let goals = report::goals(&raw, &results);
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&engine::to_json(
-                        m, &raw, &raws, &results, &goals, seconds
+                    serde_json::to_string_pretty(&report::to_json(
+                        m, &info, &raw, &raws, &results, &goals
                     ))?
                 );
             } else {
-                print!("{}", engine::to_table(&raw, &raws, &results, &goals));
+                print!("{}", report::to_table(&raw, &raws, &results, &goals));
             }
             Ok(())
         }

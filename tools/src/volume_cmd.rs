@@ -5,7 +5,7 @@ use std::path::Path;
 
 use keel_blockvol::recovery::WalEnd;
 use keel_blockvol::{
-    inspect, CreateOptions, ErrorKind, Inspection, SlotState, Volume, VolumeConfig,
+    inspect, CreateOptions, ErrorKind, Inspection, SlotState, Superblock, Volume, VolumeConfig,
 };
 use serde_json::{json, Value};
 
@@ -68,6 +68,96 @@ pub fn uuid_str(u: &[u8; 16]) -> String {
     )
 }
 
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
+pub fn utc_str(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Howard Hinnant's civil_from_days, on unsigned numbers (no dates
+    // before 1970 can occur here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The one-line message for an engine error on the volume at `path`.
+/// A truncated volume names the short file and its length (the engine's
+/// error counts the two files together).
+pub fn error_line(path: &Path, e: &keel_blockvol::Error) -> String {
+    if let keel_blockvol::Error::Truncated { expected, actual } = e {
+        let ext = keel_blockvol::storage::extent_path(path);
+        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+        if let (Some(meta), Some(extent)) = (len(path), len(&ext)) {
+            // The meta file is whole when its length is where a superblock
+            // slot puts the extent region: then the extent file is short.
+            let meta_whole = extent_offset(path) == Some(meta);
+            if meta_whole && meta + extent == *actual && *expected > meta {
+                return format!(
+                    "{}: Volume file is {extent} bytes, the superblock needs {}: truncated",
+                    ext.display(),
+                    expected - meta
+                );
+            }
+            if !meta_whole && meta <= *actual {
+                return format!(
+                    "{}: Volume file is {meta} bytes, its superblock needs {}: truncated",
+                    path.display(),
+                    expected.max(&meta)
+                );
+            }
+        }
+    }
+    if e.kind() == ErrorKind::Io && path.is_file() {
+        // The engine opens both files before it reads a superblock: a file
+        // that is no volume at all shows up as a missing extent file.
+        let ext = keel_blockvol::storage::extent_path(path);
+        if !ext.exists() {
+            let mut head = [0u8; 8];
+            let magic = std::fs::File::open(path)
+                .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
+                .is_ok()
+                && head == keel_blockvol::superblock::MAGIC;
+            return if magic {
+                format!(
+                    "{}: the volume's extent file {} is missing",
+                    path.display(),
+                    ext.display()
+                )
+            } else {
+                format!(
+                    "{}: Not a keel volume (bad magic, and no {})",
+                    path.display(),
+                    ext.display()
+                )
+            };
+        }
+    }
+    format!("{}: {e}", path.display())
+}
+
+/// The extent offset recorded in either valid superblock slot of `path`.
+fn extent_offset(path: &Path) -> Option<u64> {
+    use keel_blockvol::superblock::{SLOT_BYTES, SLOT_SIZE};
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; SLOT_BYTES];
+    [0, SLOT_SIZE].into_iter().find_map(|off| {
+        f.read_exact_at(&mut buf, off).ok()?;
+        Superblock::decode(&buf).ok().map(|sb| sb.extent_offset)
+    })
+}
+
 fn stop_str(s: &WalEnd) -> String {
     match s {
         WalEnd::NoRecord => "no further record".into(),
@@ -106,6 +196,7 @@ pub fn to_json(i: &Inspection) -> Value {
             "durability": sb.durability.as_str(),
             "flags": sb.flags,
             "created_unix": sb.created_unix,
+            "created": utc_str(sb.created_unix),
         },
         "slots": {"A": slot_json(&i.slots[0]), "B": slot_json(&i.slots[1])},
         "len": i.file_len,
@@ -123,8 +214,8 @@ pub fn to_json(i: &Inspection) -> Value {
     })
 }
 
-/// The inspection as text.
-pub fn to_text(i: &Inspection) -> String {
+/// The inspection as text; `check` prints the notes as warnings.
+pub fn to_text(i: &Inspection, check: bool) -> String {
     let sb = &i.superblock;
     let mut o = String::new();
     let slot = |s: &SlotState| match s {
@@ -141,7 +232,12 @@ pub fn to_text(i: &Inspection) -> String {
         sb.blocks(),
         sb.block_size
     );
-    let _ = writeln!(o, "created         {} (unix seconds)", sb.created_unix);
+    let _ = writeln!(
+        o,
+        "created         {} (unix {})",
+        utc_str(sb.created_unix),
+        sb.created_unix
+    );
     let _ = writeln!(
         o,
         "superblock      slot {} seq {}; slot A {}; slot B {}",
@@ -159,7 +255,7 @@ pub fn to_text(i: &Inspection) -> String {
     );
     let _ = writeln!(
         o,
-        "extent region   offset {} (file is {} bytes)",
+        "extent region   offset {} (in PATH.extent; the two files hold {} bytes)",
         sb.extent_offset, i.file_len
     );
     let _ = writeln!(
@@ -185,7 +281,7 @@ pub fn to_text(i: &Inspection) -> String {
         sb.durability.as_str()
     );
     for n in &i.notes {
-        let _ = writeln!(o, "note: {n}");
+        let _ = writeln!(o, "{}: {n}", if check { "warning" } else { "note" });
     }
     for d in &i.damage {
         let _ = writeln!(o, "DAMAGE: {d}");
@@ -223,7 +319,7 @@ pub fn inspect_cmd(
         }
         serde_json::to_string_pretty(&v).unwrap_or_default()
     } else {
-        to_text(&i)
+        to_text(&i, check)
     };
     if check && !json_out {
         out.push_str(if code == EXIT_OK {
@@ -233,4 +329,23 @@ pub fn inspect_cmd(
         });
     }
     Ok((out, if check { code } else { EXIT_OK }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_str(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_str(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_str(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc_str(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn uuids() {
+        let u: [u8; 16] = std::array::from_fn(|i| u8::try_from(i * 17).unwrap_or(0));
+        assert_eq!(uuid_str(&u), "00112233-4455-6677-8899-aabbccddeeff");
+    }
 }
