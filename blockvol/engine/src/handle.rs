@@ -182,6 +182,12 @@ impl Handle {
         self.notifier.fd()
     }
 
+    /// [`Handle::notify_fd`] as a borrowed fd (to register with a reactor
+    /// without `unsafe`; the registration must end before the handle).
+    pub fn notify_as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.notifier.borrowed_fd()
+    }
+
     /// Ask for a wake-up on [`Handle::notify_fd`] at the next completion.
     /// Returns `false` when completions are already waiting: poll them
     /// instead of sleeping. Without arming, completions arrive silently

@@ -34,6 +34,10 @@ impl Notifier {
         })
     }
 
+    pub fn borrowed_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.efd.as_fd()
+    }
+
     pub fn fd(&self) -> RawFd {
         self.efd.as_raw_fd()
     }

@@ -1,14 +1,20 @@
 //! keel iSCSI target (RFC 7143).
 //!
-//! Will hold login (security and operational negotiation, CHAP),
-//! SendTargets discovery, full-feature sessions with CmdSN windows, R2T and
-//! Data-In/Out, task management, and the SCSI block command set, mapping
-//! engine errors to sense data in one place. It runs on the reactors of
-//! `keel-reactor` and talks to volumes through the non-blocking handle API
-//! of `keel-blockvol`.
-//!
-//! Built so far: [`params`], the sans-I/O negotiation of the operational
-//! text keys (RFC 7143 §13), tested on its own.
+//! - [`params`]: sans-I/O negotiation of the operational text keys.
+//! - [`chap`]: CHAP (MD5), one-way and mutual.
+//! - [`lun`]: the SCSI block device over an engine volume (SPC-4/SBC-3
+//!   commands, sense data, persistent and SPC-2 reservations, unit
+//!   attentions).
+//! - [`target`]: targets, portal settings, the session table.
+//! - [`session`]: one connection as a reactor protocol: login, discovery,
+//!   full-feature phase, R2T/Data-Out, Data-In, NOP, task management.
 #![forbid(unsafe_code)]
 
+pub mod chap;
+pub mod lun;
 pub mod params;
+pub mod session;
+pub mod target;
+
+pub use session::IscsiConn;
+pub use target::{PortalSpec, Registry, Target, TargetSpec};

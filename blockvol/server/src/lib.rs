@@ -1,7 +1,298 @@
-//! keel volume server (`keel-volume`).
+//! keel volume server (`keel-volume`): hosts engine volumes and serves them
+//! over iSCSI from polled-mode reactors, with an admin HTTP endpoint.
 //!
-//! Will wire the reactors, the protocol targets and the engine together:
-//! configuration, volume hosting, the admin HTTP endpoint with status and
-//! Prometheus metrics, and the agent that talks to the master. tokio runs only
-//! on its non-reactor threads.
+//! ```text
+//!  main thread: config -> Server::start -> wait for SIGTERM/SIGINT -> shutdown
+//!  reactor threads (keel-reactor): listeners, iSCSI connections, engine handles
+//!  admin thread (tokio current-thread): GET /status (JSON), GET /metrics (Prometheus)
+//! ```
+//!
+//! tokio never runs on a reactor thread. Shutdown stops accepting, drops
+//! every session (engine operations in flight finish first: a connection's
+//! engine handle waits for them when it closes), stops the reactors, then
+//! closes each volume, which writes back and checkpoints its WAL. A write the
+//! initiator saw acknowledged as durable (FUA, a completed SYNCHRONIZE
+//! CACHE, or any write with the write cache off) is in the WAL before the
+//! acknowledgement, so it survives a `kill -9` as well.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod size;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use keel_blockvol::{CreateOptions, Volume, VolumeConfig};
+use keel_iscsi::chap::Credentials;
+use keel_iscsi::{IscsiConn, PortalSpec, Registry, Target, TargetSpec};
+use keel_reactor::{
+    BufferPoolConfig, Connection, ConnectionConfig, Listener, ListenerConfig, PollMode, Poller,
+    ReactorConfig, ReactorPool,
+};
+
+pub use config::ServerConfig;
+
+/// A volume the server hosts.
+#[derive(Debug)]
+pub struct Hosted {
+    /// Name.
+    pub name: String,
+    /// File.
+    pub path: PathBuf,
+    /// The iSCSI target over it.
+    pub target: Arc<Target>,
+}
+
+/// What the admin endpoint reads.
+#[derive(Debug)]
+pub struct State {
+    /// Volumes.
+    pub volumes: Vec<Hosted>,
+    /// iSCSI targets and sessions.
+    pub registry: Arc<Registry>,
+    /// Poll mode in use.
+    pub poll_mode: PollMode,
+    /// Reactor threads.
+    pub reactors: usize,
+    /// Bound iSCSI addresses.
+    pub iscsi_addrs: Vec<SocketAddr>,
+    /// Started at.
+    pub started: Instant,
+    /// The buffer pool.
+    pub pool: Arc<keel_reactor::BufferPool>,
+    /// Reactor counters.
+    pub reactor_remotes: Vec<keel_reactor::Remote>,
+}
+
+/// A running volume server.
+pub struct Server {
+    state: Arc<State>,
+    pool: Option<ReactorPool>,
+    listeners: Vec<Listener>,
+    admin: Option<admin::AdminServer>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("iscsi", &self.state.iscsi_addrs)
+            .finish()
+    }
+}
+
+fn creds(c: &Option<config::ChapConfig>) -> Option<Credentials> {
+    c.as_ref().map(|c| Credentials {
+        user: c.user.clone(),
+        secret: c.secret.clone(),
+    })
+}
+
+impl Server {
+    /// Validate `cfg`, open or create its volumes, start reactors, listeners
+    /// and the admin endpoint.
+    pub fn start(cfg: &ServerConfig) -> anyhow::Result<Server> {
+        let v = cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+        let vcfg = VolumeConfig {
+            backend: v.backend,
+            write_cache: cfg.engine.write_cache,
+            ..VolumeConfig::default()
+        };
+        let portal = PortalSpec {
+            advertise: cfg.iscsi.advertise.clone(),
+            discovery_chap: creds(&cfg.iscsi.discovery_chap),
+            nop_interval: std::time::Duration::from_secs(cfg.iscsi.nop_interval_secs),
+            nop_timeout: std::time::Duration::from_secs(cfg.iscsi.nop_timeout_secs.max(1)),
+            ..PortalSpec::default()
+        };
+        let registry = Registry::new(portal);
+        let mut volumes = Vec::new();
+        for (spec, size) in cfg.volumes.iter().zip(&v.sizes) {
+            let path = cfg.path_of(spec);
+            let exists = path.exists();
+            let vol = if exists {
+                let vol = Volume::open(&path, &vcfg)
+                    .with_context(|| format!("cannot open volume {}", path.display()))?;
+                if let Some(size) = size {
+                    let have = vol.info().size;
+                    if *size > have {
+                        vol.expand(*size).with_context(|| {
+                            format!("cannot expand volume {} to {size} bytes", spec.name)
+                        })?;
+                        tracing::info!(volume = %spec.name, from = have, to = size, "volume expanded");
+                    } else if *size < have {
+                        tracing::warn!(volume = %spec.name, configured = size, actual = have, "configured size is below the volume's; keeping the volume's (shrinking is not supported)");
+                    }
+                }
+                vol
+            } else {
+                let Some(size) = size else {
+                    bail!(
+                        "volume {} does not exist at {} and has no size to create it with",
+                        spec.name,
+                        path.display()
+                    );
+                };
+                Volume::create(&path, &CreateOptions::new(*size), &vcfg)
+                    .with_context(|| format!("cannot create volume {}", path.display()))?
+            };
+            let info = vol.info();
+            let status = vol.status();
+            tracing::info!(
+                volume = %spec.name,
+                path = %path.display(),
+                size = info.size,
+                created = !exists,
+                backend = status.backend,
+                "volume ready"
+            );
+            let target = Arc::new(Target::new(
+                TargetSpec {
+                    iqn: cfg.iqn_of(spec),
+                    alias: Some(spec.name.clone()),
+                    initiators: spec.initiators.clone(),
+                    chap: creds(&spec.chap),
+                    mutual_chap: creds(&spec.mutual_chap),
+                },
+                Arc::new(vol),
+            ));
+            registry.add_target(target.clone());
+            volumes.push(Hosted {
+                name: spec.name.clone(),
+                path,
+                target,
+            });
+        }
+
+        let pool = ReactorPool::start(&ReactorConfig {
+            reactors: cfg.reactor.cores,
+            cpus: cfg.reactor.cpus.clone(),
+            poll_mode: v.poll_mode,
+            buffer_pool: BufferPoolConfig {
+                max_bytes: v.buffer_pool,
+            },
+            name: "keel-reactor".into(),
+            ..ReactorConfig::default()
+        })
+        .context("cannot start reactors")?;
+        let mut listeners = Vec::new();
+        let mut iscsi_addrs = Vec::new();
+        for addr in &v.iscsi_listen {
+            let reg = registry.clone();
+            let factory: keel_reactor::ConnectionFactory =
+                Arc::new(move |stream: TcpStream, cx: &mut keel_reactor::Context| {
+                    let peer = stream.peer_addr().ok()?;
+                    let local = stream.local_addr().ok()?;
+                    let proto = IscsiConn::new(reg.clone(), peer, local);
+                    let conn = Connection::new(stream, proto, ConnectionConfig::default(), None, cx)
+                        .ok()?;
+                    Some(Box::new(conn) as Box<dyn Poller>)
+                });
+            let l = Listener::bind(&pool, *addr, ListenerConfig::default(), factory)
+                .with_context(|| format!("cannot listen for iSCSI on {addr}"))?;
+            tracing::info!(addr = %l.local_addr(), "iSCSI portal listening");
+            iscsi_addrs.push(l.local_addr());
+            listeners.push(l);
+        }
+        let state = Arc::new(State {
+            volumes,
+            registry,
+            poll_mode: pool.poll_mode(),
+            reactors: pool.len(),
+            iscsi_addrs,
+            started: Instant::now(),
+            pool: pool.buffer_pool().clone(),
+            reactor_remotes: pool.reactors().to_vec(),
+        });
+        let admin = match v.admin_listen {
+            Some(a) => Some(admin::AdminServer::start(a, state.clone())?),
+            None => None,
+        };
+        Ok(Server {
+            state,
+            pool: Some(pool),
+            listeners,
+            admin,
+        })
+    }
+
+    /// Shared state (volumes, sessions).
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Bound iSCSI addresses.
+    pub fn iscsi_addrs(&self) -> &[SocketAddr] {
+        &self.state.iscsi_addrs
+    }
+
+    /// Bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(admin::AdminServer::addr)
+    }
+
+    /// Stop accepting, drop sessions, stop reactors, close volumes.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        for l in &self.listeners {
+            l.close();
+        }
+        self.state.registry.kill_all();
+        if let Some(mut p) = self.pool.take() {
+            // Stopping a reactor shuts its connections down; each closes its
+            // engine handle after the operations in flight.
+            p.stop();
+        }
+        if let Some(a) = self.admin.take() {
+            a.stop();
+        }
+        let state = Arc::try_unwrap(self.state)
+            .map_err(|_| anyhow::anyhow!("server state still in use at shutdown"))?;
+        let mut first_err = None;
+        for t in state.registry.targets() {
+            state.registry.remove_target(&t.spec.iqn);
+        }
+        for h in state.volumes {
+            let target = Arc::try_unwrap(h.target);
+            let closed = match target {
+                Ok(t) => match Arc::try_unwrap(t.lun) {
+                    Ok(lun) => match Arc::try_unwrap(lun.into_volume()) {
+                        Ok(vol) => vol.close().map_err(anyhow::Error::from),
+                        Err(_) => Err(anyhow::anyhow!("volume {} still in use", h.name)),
+                    },
+                    Err(_) => Err(anyhow::anyhow!("volume {} still in use", h.name)),
+                },
+                Err(_) => Err(anyhow::anyhow!("target of volume {} still in use", h.name)),
+            };
+            match closed {
+                Ok(()) => tracing::info!(volume = %h.name, "volume closed"),
+                Err(e) => {
+                    tracing::error!(volume = %h.name, error = %e, "volume not closed cleanly");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Block until SIGTERM or SIGINT.
+pub fn wait_for_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! The admin HTTP endpoint, on its own thread with a current-thread tokio
+//! runtime (never on a reactor): `GET /status` (JSON) and `GET /metrics`
+//! (Prometheus text exposition format 0.0.4).
+//!
+//! The exposition is written here directly rather than through a metrics
+//! registry: every value is read from the engine's and the targets' own
+//! atomic counters at scrape time, so there is nothing to register or keep
+//! in sync, and the format is a few lines of text.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::extract::State as AxState;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::State;
+
+/// A running admin endpoint.
+#[derive(Debug)]
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Bind `addr` (in the caller's thread, so errors surface at once) and
+    /// serve on a new thread.
+    pub fn start(addr: SocketAddr, state: Arc<State>) -> anyhow::Result<AdminServer> {
+        let std_listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen for admin HTTP on {addr}"))?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("keel-admin".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin runtime failed");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "admin listener failed");
+                            return;
+                        }
+                    };
+                    let app = Router::new()
+                        .route("/status", get(status))
+                        .route("/metrics", get(metrics))
+                        .with_state(state);
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = rx.await;
+                        })
+                        .await;
+                });
+            })?;
+        tracing::info!(%addr, "admin HTTP listening (/status, /metrics)");
+        Ok(AdminServer {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop serving and join the thread.
+    pub fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The `/status` document.
+pub fn status_json(state: &State) -> Value {
+    let sessions = state.registry.sessions();
+    let volumes: Vec<Value> = state
+        .volumes
+        .iter()
+        .map(|h| {
+            let st = h.target.lun.volume().status();
+            let n_sessions = sessions
+                .iter()
+                .filter(|s| s.target.as_deref() == Some(h.target.spec.iqn.as_str()))
+                .count();
+            json!({
+                "name": h.name,
+                "path": h.path.display().to_string(),
+                "uuid": hex(&st.info.uuid),
+                "size_bytes": st.info.size,
+                "block_size": st.info.block_size,
+                "iqn": h.target.spec.iqn,
+                "lun": 0,
+                "sessions": n_sessions,
+                "backend": st.backend,
+                "backend_reason": st.backend_reason,
+                "write_cache": st.write_cache,
+                "failed": st.failed,
+                "wal": {
+                    "size_bytes": st.info.wal_size,
+                    "used_bytes": st.wal_used,
+                    "used_fraction": st.wal_used_fraction,
+                    "pressure": st.pressure.as_str(),
+                },
+                "lsn": {
+                    "next": st.next_lsn,
+                    "written": st.written_lsn,
+                    "durable": st.durable_lsn,
+                    "checkpoint": st.checkpoint_lsn,
+                },
+                "epoch": st.epoch,
+                "role": format!("{:?}", st.role).to_lowercase(),
+            })
+        })
+        .collect();
+    let sess: Vec<Value> = sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "tsih": s.tsih,
+                "initiator": s.nexus.initiator,
+                "isid": hex(&s.nexus.isid),
+                "target": s.target,
+                "type": if s.target.is_some() { "normal" } else { "discovery" },
+                "peer": s.peer.to_string(),
+                "header_digest": s.digests.0,
+                "data_digest": s.digests.1,
+            })
+        })
+        .collect();
+    json!({
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "poll_mode": state.poll_mode.to_string(),
+        "reactors": state.reactors,
+        "iscsi_listen": state.iscsi_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "volumes": volumes,
+        "sessions": sess,
+    })
+}
+
+async fn status(AxState(state): AxState<Arc<State>>) -> Json<Value> {
+    Json(status_json(&state))
+}
+
+fn line(out: &mut String, name: &str, labels: &str, v: impl std::fmt::Display) {
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name} {v}");
+    } else {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+    }
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escape a label value.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The `/metrics` text.
+#[allow(clippy::too_many_lines)]
+pub fn metrics_text(state: &State) -> String {
+    let mut o = String::new();
+    let vols: Vec<_> = state
+        .volumes
+        .iter()
+        .map(|h| (format!("volume=\"{}\"", esc(&h.name)), h))
+        .collect();
+    let stats: Vec<_> = vols
+        .iter()
+        .map(|(l, h)| (l, h, h.target.lun.volume().status()))
+        .collect();
+    let counters: [(&str, &str, fn(&keel_blockvol::StatsSnapshot) -> u64); 16] = [
+        ("keel_volume_read_ops_total", "Read operations", |s| s.read_ops),
+        ("keel_volume_read_bytes_total", "Bytes read", |s| s.read_bytes),
+        ("keel_volume_write_ops_total", "Write operations", |s| s.write_ops),
+        ("keel_volume_write_bytes_total", "Bytes written", |s| s.write_bytes),
+        ("keel_volume_fua_writes_total", "Writes with FUA", |s| s.fua_writes),
+        ("keel_volume_trim_ops_total", "Trim (unmap) operations", |s| s.trim_ops),
+        ("keel_volume_zero_ops_total", "Write-zeroes operations", |s| s.zero_ops),
+        ("keel_volume_flush_ops_total", "Flush operations", |s| s.flush_ops),
+        ("keel_volume_fdatasyncs_total", "WAL fdatasync calls", |s| s.fdatasyncs),
+        ("keel_volume_linked_syncs_total", "Linked write+fdatasync chains", |s| s.linked_syncs),
+        ("keel_volume_group_commits_total", "Group commits", |s| s.group_commits),
+        ("keel_volume_group_commit_waiters_total", "Waiters served by group commits", |s| s.group_commit_waiters),
+        ("keel_volume_flusher_runs_total", "Flusher passes", |s| s.flusher_runs),
+        ("keel_volume_flusher_bytes_total", "Bytes written back by the flusher", |s| s.flusher_bytes),
+        ("keel_volume_admission_waits_total", "Writes delayed or held by WAL pressure", |s| s.admission_soft_waits + s.admission_hard_waits),
+        ("keel_volume_io_errors_total", "I/O errors", |s| s.io_errors),
+    ];
+    for (name, help, f) in counters {
+        head(&mut o, name, "counter", help);
+        for (l, _, st) in &stats {
+            line(&mut o, name, l, f(&st.stats));
+        }
+    }
+    let gauges: [(&str, &str, fn(&keel_blockvol::VolumeStatus) -> f64); 7] = [
+        ("keel_volume_size_bytes", "Volume size", |s| s.info.size as f64),
+        ("keel_volume_wal_size_bytes", "WAL size", |s| s.info.wal_size as f64),
+        ("keel_volume_wal_used_bytes", "WAL bytes not yet written back", |s| s.wal_used as f64),
+        ("keel_volume_wal_used_ratio", "WAL used fraction", |s| s.wal_used_fraction),
+        ("keel_volume_dirty_blocks", "Blocks only in the WAL", |s| s.dirty_blocks as f64),
+        ("keel_volume_flusher_lag_lsn", "Records waiting for write-back", |s| s.flusher_lag_lsn as f64),
+        ("keel_volume_failed", "1 after an I/O error failed the volume", |s| f64::from(u8::from(s.failed.is_some()))),
+    ];
+    for (name, help, f) in gauges {
+        head(&mut o, name, "gauge", help);
+        for (l, _, st) in &stats {
+            line(&mut o, name, l, f(st));
+        }
+    }
+    head(
+        &mut o,
+        "keel_volume_group_commit_batch",
+        "counter",
+        "Group commits by batch size bucket (1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+)",
+    );
+    for (l, _, st) in &stats {
+        for (i, n) in st.stats.group_commit_batch_hist.iter().enumerate() {
+            line(&mut o, "keel_volume_group_commit_batch", &format!("{l},bucket=\"{i}\""), n);
+        }
+    }
+    for (name, help, pick) in [
+        (
+            "keel_scsi_read_latency_seconds",
+            "SCSI READ command latency (command received to status sent)",
+            0,
+        ),
+        (
+            "keel_scsi_write_latency_seconds",
+            "SCSI WRITE command latency (command received to status sent)",
+            1,
+        ),
+    ] {
+        head(&mut o, name, "histogram", help);
+        for (l, h, _) in &stats {
+            let hist = if pick == 0 {
+                &h.target.stats.read_latency
+            } else {
+                &h.target.stats.write_latency
+            };
+            let (buckets, sum_us, count) = hist.snapshot();
+            let mut cum = 0;
+            for (i, b) in keel_iscsi::target::LATENCY_BUCKETS_US.iter().enumerate() {
+                cum += buckets[i];
+                let le = *b as f64 / 1e6;
+                line(&mut o, &format!("{name}_bucket"), &format!("{l},le=\"{le}\""), cum);
+            }
+            line(&mut o, &format!("{name}_bucket"), &format!("{l},le=\"+Inf\""), count);
+            line(&mut o, &format!("{name}_sum"), l, sum_us as f64 / 1e6);
+            line(&mut o, &format!("{name}_count"), l, count);
+        }
+    }
+    head(&mut o, "keel_iscsi_check_conditions_total", "counter", "Commands answered with CHECK CONDITION");
+    for (l, h, _) in &stats {
+        line(&mut o, "keel_iscsi_check_conditions_total", l, h.target.stats.check_conditions.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    head(&mut o, "keel_iscsi_login_failures_total", "counter", "Logins refused");
+    for (l, h, _) in &stats {
+        line(&mut o, "keel_iscsi_login_failures_total", l, h.target.stats.login_failures.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    head(&mut o, "keel_iscsi_protocol_errors_total", "counter", "Connections dropped for protocol errors");
+    for (l, h, _) in &stats {
+        line(&mut o, "keel_iscsi_protocol_errors_total", l, h.target.stats.protocol_errors.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    let sessions = state.registry.sessions();
+    head(&mut o, "keel_iscsi_sessions", "gauge", "Live iSCSI sessions");
+    for (l, h, _) in &stats {
+        let n = sessions
+            .iter()
+            .filter(|s| s.target.as_deref() == Some(h.target.spec.iqn.as_str()))
+            .count();
+        line(&mut o, "keel_iscsi_sessions", l, n);
+    }
+    let ps = state.pool.stats();
+    head(&mut o, "keel_buffer_pool_bytes", "gauge", "Buffer pool bytes allocated / in use");
+    line(&mut o, "keel_buffer_pool_bytes", "state=\"allocated\"", ps.allocated_bytes);
+    line(&mut o, "keel_buffer_pool_bytes", "state=\"in_use\"", ps.in_use_bytes);
+    head(&mut o, "keel_buffer_pool_events_total", "counter", "Buffer pool hits, misses, waits, refusals");
+    line(&mut o, "keel_buffer_pool_events_total", "event=\"hit\"", ps.hits);
+    line(&mut o, "keel_buffer_pool_events_total", "event=\"miss\"", ps.misses);
+    line(&mut o, "keel_buffer_pool_events_total", "event=\"wait\"", ps.waits);
+    line(&mut o, "keel_buffer_pool_events_total", "event=\"refusal\"", ps.refusals);
+    head(&mut o, "keel_reactor_iterations_total", "counter", "Reactor loop iterations by outcome");
+    head(&mut o, "keel_reactor_sleeps_total", "counter", "Times a reactor went to sleep");
+    head(&mut o, "keel_reactor_pollers", "gauge", "Pollers (connections, listeners) on a reactor");
+    for r in &state.reactor_remotes {
+        let c = r.counters();
+        let l = format!("reactor=\"{}\"", r.index());
+        line(&mut o, "keel_reactor_iterations_total", &format!("{l},kind=\"busy\""), c.busy_iterations);
+        line(&mut o, "keel_reactor_iterations_total", &format!("{l},kind=\"idle\""), c.idle_iterations);
+        line(&mut o, "keel_reactor_sleeps_total", &l, c.sleeps);
+        line(&mut o, "keel_reactor_pollers", &l, c.pollers);
+    }
+    o
+}
+
+async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_text(&state),
+    )
+}
