@@ -35,9 +35,9 @@ const ASC_INVALID_PARAM: (u8, u8) = (0x26, 0x00);
 const ASC_INVALID_OPCODE: (u8, u8) = (0x20, 0x00);
 
 /// Largest transfer of one READ/WRITE, in bytes (Block Limits VPD).
-pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
+pub const MAX_TRANSFER_BYTES: u32 = 256 << 20;
 /// Largest UNMAP / WRITE SAME range in blocks per command.
-pub const MAX_UNMAP_BLOCKS: u32 = 0x0100_0000;
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 /// Descriptors per UNMAP command at most.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Largest COMPARE AND WRITE in blocks.
@@ -537,7 +537,11 @@ impl Lun {
                 v[20] = 0; // mapped (or unknown)
                 cut(v, usize::try_from(alloc_len).unwrap_or(usize::MAX))
             }
-            Cdb::Read { lba, blocks, .. } => {
+            Cdb::Read { lba, blocks, len, .. } => {
+                if len != 6 && raw[1] & 0xe0 != 0 {
+                    // RDPROTECT: no protection information here.
+                    return check(invalid_cdb(1));
+                }
                 if blocks > self.max_blocks() {
                     return check(invalid_cdb(if raw[0] == 0x08 { 4 } else { 7 }));
                 }
@@ -547,8 +551,15 @@ impl Lun {
                 }
             }
             Cdb::Write {
-                lba, blocks, fua, ..
+                lba,
+                blocks,
+                fua,
+                len,
             } => {
+                if len != 6 && raw[1] & 0xe0 != 0 {
+                    // WRPROTECT: no protection information here.
+                    return check(invalid_cdb(1));
+                }
                 if blocks > self.max_blocks() {
                     return check(invalid_cdb(if raw[0] == 0x0a { 4 } else { 7 }));
                 }
@@ -650,7 +661,8 @@ impl Lun {
                     return check(s);
                 }
                 if blocks == 0 {
-                    return Action::Status(status::GOOD, None);
+                    // A CAW of nothing with data attached is malformed.
+                    return check(invalid_cdb(13));
                 }
                 Action::NeedData {
                     len: 2 * u32::from(blocks) * bs,
@@ -794,8 +806,9 @@ impl Lun {
                 };
                 let fua = false;
                 let zero = data.iter().all(|&b| b == 0);
-                if unmap && zero {
-                    // LBPRZ: unmapped blocks read as zeros.
+                if unmap {
+                    // Deallocate (SBC-3 §5.45); with LBPRZ the range reads
+                    // back as zeros, whatever the data-out block held.
                     DataAction::Trim(vec![(lba, blocks)])
                 } else if zero {
                     DataAction::Zero { lba, blocks, fua }

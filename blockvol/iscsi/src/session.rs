@@ -117,6 +117,8 @@ enum Work {
     Flush,
     /// Engine work from a data action.
     Data(DataAction),
+    /// A write whose last block is partial: reading that block first.
+    Tail { lba: u64, fua: bool },
     /// WRITE SAME of a pattern, a few chunks in flight at a time.
     Same {
         lba: u64,
@@ -151,6 +153,8 @@ struct Task {
     unsol_open: bool,
     /// End of the unsolicited region.
     unsol_end: u32,
+    /// DataSN expected on the next unsolicited Data-Out.
+    unsol_sn: u32,
     /// Next offset to ask for with an R2T.
     next_r2t: u32,
     r2t_sn: u32,
@@ -172,6 +176,8 @@ struct Task {
     sent: u32,
     /// Bytes of data-in to send (min(EDTL, the data)).
     send_len: u32,
+    /// Residual of a data-out command whose EDTL differs from the CDB.
+    resid: Option<(Residual, u32)>,
     /// CAW / VERIFY stage: compare done, now writing.
     staged: bool,
     aborted: bool,
@@ -290,6 +296,22 @@ fn engine_sense(e: &EngineError, write: bool) -> (u8, Option<Sense>) {
             )),
         ),
     }
+}
+
+/// A Data-Out out of DataSN order: at error recovery level 0 the data of
+/// the command cannot be recovered, so the command ends with ABORTED
+/// COMMAND / DATA PHASE ERROR once its outstanding Data-Out sequences are
+/// over (the initiator may retry it), nothing of it is written, and the
+/// session goes on.
+fn data_sequence_error(t: &mut Task) {
+    t.reject_with = Some((
+        status::CHECK_CONDITION,
+        Some(Sense::new(key::ABORTED_COMMAND, (0x4b, 0x00))),
+        Residual::default(),
+        0,
+    ));
+    t.work = Work::None;
+    t.next_r2t = t.want;
 }
 
 fn u32_len(n: usize) -> u32 {
@@ -826,6 +848,7 @@ impl IscsiConn {
     ) {
         let mut data = Vec::new();
         if let Some(s) = sense {
+            tracing::debug!(peer = %self.peer, itt, key = s.key, asc = s.asc.0, ascq = s.asc.1, "CHECK CONDITION");
             let f = s.fixed();
             data.extend_from_slice(&u16::try_from(f.len()).unwrap_or(0).to_be_bytes());
             data.extend_from_slice(&f);
@@ -970,6 +993,7 @@ impl IscsiConn {
             data: Vec::new(),
             unsol_open: !cmd.final_bit,
             unsol_end: 0,
+            unsol_sn: 0,
             next_r2t: 0,
             r2t_sn: 0,
             r2ts: Vec::new(),
@@ -982,6 +1006,7 @@ impl IscsiConn {
             data_sn: 0,
             sent: 0,
             send_len: 0,
+            resid: None,
             staged: false,
             aborted: false,
         };
@@ -1041,20 +1066,20 @@ impl IscsiConn {
             Action::NeedData { .. } => task.work = Work::Param,
         }
         if need > 0 {
-            if cmd.expected_len != need || !cmd.write {
+            // EDTL and the CDB disagree: process what both allow and
+            // report the difference as a residual (FCP-4 / SAM-5 option a:
+            // data beyond EDTL is neither requested nor written).
+            let len = if cmd.write { need.min(cmd.expected_len) } else { 0 };
+            if len != need || cmd.expected_len != need {
+                task.resid = Some(residual_for(cmd.expected_len, need));
+            }
+            if len == 0 {
                 let (residual, rc) = residual_for(cmd.expected_len, need);
-                task.reject_with = Some((
-                    status::CHECK_CONDITION,
-                    Some(Sense::new(key::ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_IU)),
-                    residual,
-                    rc,
-                ));
+                task.reject_with = Some((status::GOOD, None, residual, rc));
                 task.work = Work::None;
             } else {
-                task.want = need;
-                task.data = (0..(need as usize).div_ceil(CHUNK))
-                    .map(|i| Vec::with_capacity(CHUNK.min(need as usize - i * CHUNK)))
-                    .collect();
+                task.want = len;
+                task.data = (0..(len as usize).div_ceil(CHUNK)).map(|_| Vec::new()).collect();
             }
         }
         // The unsolicited region: immediate data, then (InitialR2T=No)
@@ -1096,6 +1121,9 @@ impl IscsiConn {
             let buf = &mut t.data[c];
             let room = CHUNK.min(t.want as usize - c * CHUNK) - within;
             let n = room.min(src.len());
+            if buf.capacity() == 0 {
+                buf.reserve_exact(CHUNK.min(t.want as usize - c * CHUNK));
+            }
             if buf.len() < within + n {
                 buf.resize(within + n, 0);
             }
@@ -1103,7 +1131,10 @@ impl IscsiConn {
             off += n;
             src = &src[n..];
         }
-        t.got = t.got.saturating_add(u32_len(data.len()));
+        let want = t.want as usize;
+        let start = (offset as usize).min(want);
+        let end = (offset as usize + data.len()).min(want);
+        t.got = t.got.saturating_add(u32_len(end - start));
     }
 
     /// Move a task forward: answer a rejected one, issue R2Ts, start the
@@ -1121,7 +1152,7 @@ impl IscsiConn {
             return;
         }
         if let Some((st, sense, residual, rc)) = t.reject_with.clone() {
-            if !t.unsol_open && t.ops == 0 {
+            if !t.unsol_open && t.ops == 0 && t.r2ts.is_empty() {
                 let itt = t.itt;
                 self.free_task(slot);
                 self.send_status(out, itt, st, sense, residual, rc);
@@ -1212,6 +1243,10 @@ impl IscsiConn {
             if !t.unsol_open || end > t.unsol_end.max(self.neg.first_burst_length.min(t.edtl)) {
                 return Err(self.protocol_error(out, raw_bhs, "unsolicited data beyond FirstBurstLength"));
             }
+            if d.data_sn != t.unsol_sn && t.reject_with.is_none() {
+                data_sequence_error(t);
+            }
+            t.unsol_sn = t.unsol_sn.wrapping_add(1);
             if d.final_bit {
                 t.unsol_open = false;
             }
@@ -1220,14 +1255,13 @@ impl IscsiConn {
                 return Err(self.protocol_error(out, raw_bhs, "Data-Out for an unknown TTT"));
             };
             let (ttt, off, len, sn) = t.r2ts[i];
-            if d.data_sn != sn {
-                // ERL 0: a lost Data-Out cannot be recovered.
-                return Err(self.protocol_error(out, raw_bhs, "DataSN out of order"));
+            if d.data_sn != sn && t.reject_with.is_none() {
+                data_sequence_error(t);
             }
             if d.buffer_offset < off || end > off + len {
                 return Err(self.protocol_error(out, raw_bhs, "Data-Out outside its R2T"));
             }
-            t.r2ts[i].3 = sn + 1;
+            t.r2ts[i].3 = sn.wrapping_add(1);
             if d.final_bit || end == off + len {
                 t.r2ts.remove(i);
                 self.solicited = self.solicited.saturating_sub(u64::from(len));
@@ -1276,11 +1310,23 @@ impl IscsiConn {
         let work = std::mem::replace(&mut t.work, Work::None);
         match work {
             Work::Write { lba, fua, .. } => {
-                let chunks = std::mem::take(&mut t.data);
-                t.work = Work::None;
-                for (i, buf) in chunks.into_iter().enumerate() {
-                    let at = lba + (i * CHUNK) as u64 / bs;
-                    self.submit(slot, Op::Write { lba: at, buf, fua });
+                let bsz = bs as usize;
+                let want = t.want as usize;
+                if want % bsz != 0 {
+                    // A partial last block (EDTL not a block multiple):
+                    // read it, merge, then write.
+                    t.work = Work::Tail { lba, fua };
+                    let tail = lba + (want / bsz) as u64;
+                    self.submit(
+                        slot,
+                        Op::Read {
+                            lba: tail,
+                            buf: vec![0u8; bsz],
+                        },
+                    );
+                } else {
+                    let chunks = std::mem::take(&mut t.data);
+                    self.submit_writes(slot, lba, fua, chunks);
                 }
             }
             Work::Flush => self.submit(slot, Op::Flush),
@@ -1300,7 +1346,7 @@ impl IscsiConn {
                 self.run_data_action(slot, d, out);
             }
             Work::Data(d) => self.run_data_action(slot, d, out),
-            Work::Same { .. } | Work::None => {}
+            Work::Same { .. } | Work::Tail { .. } | Work::None => {}
         }
         self.maybe_finish(slot, out);
     }
@@ -1388,6 +1434,14 @@ impl IscsiConn {
         }
     }
 
+    fn submit_writes(&mut self, slot: usize, lba: u64, fua: bool, chunks: Vec<Vec<u8>>) {
+        let bs = u64::from(self.block_size);
+        for (i, buf) in chunks.into_iter().enumerate() {
+            let at = lba + (i * CHUNK) as u64 / bs;
+            self.submit(slot, Op::Write { lba: at, buf, fua });
+        }
+    }
+
     /// Keep up to four WRITE SAME chunks in flight.
     fn submit_same(&mut self, slot: usize) {
         let bs = self.block_size as usize;
@@ -1445,7 +1499,8 @@ impl IscsiConn {
                 total
             };
             let i = t.next_submit;
-            if i >= t.reads.len() {
+            // At most eight chunks (2 MiB) read ahead of what was sent.
+            if i >= t.reads.len() || i >= t.next_send + 8 {
                 return;
             }
             let off = (i * CHUNK) as u64;
@@ -1553,6 +1608,20 @@ impl IscsiConn {
             }
             Work::Same { .. } => {
                 self.submit_same(slot);
+                self.maybe_finish(slot, out);
+            }
+            Work::Tail { lba, fua } => {
+                let (lba, fua) = (*lba, *fua);
+                t.work = Work::None;
+                if let (Ok(()), Some(block)) = (&c.result, c.buf) {
+                    let mut chunks = std::mem::take(&mut t.data);
+                    let want = t.want as usize;
+                    let keep = want % self.block_size as usize;
+                    if let Some(last) = chunks.last_mut() {
+                        last.extend_from_slice(&block[keep..]);
+                    }
+                    self.submit_writes(slot, lba, fua, chunks);
+                }
                 self.maybe_finish(slot, out);
             }
             _ => self.maybe_finish(slot, out),
@@ -1665,6 +1734,7 @@ impl IscsiConn {
                 return;
             }
         }
+        self.submit_reads(slot);
         self.maybe_finish(slot, out);
     }
 
@@ -1702,7 +1772,7 @@ impl IscsiConn {
             (Work::Read { blocks, send: true, .. }, _) => blocks * self.block_size,
             (_, w) => w,
         };
-        let (residual, rc) = residual_for(t.edtl, spdtl);
+        let (residual, rc) = t.resid.unwrap_or_else(|| residual_for(t.edtl, spdtl));
         self.send_status(out, t.itt, st, sense, residual, rc);
         if let Some(tg) = &self.target {
             let h = if is_read {
