@@ -40,6 +40,9 @@ pub const MAX_TRANSFER_BYTES: u32 = 256 << 20;
 pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 /// Descriptors per UNMAP command at most.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Largest WRITE ATOMIC in bytes (one engine write, one WAL record: all or
+/// nothing across a crash).
+pub const MAX_ATOMIC_BYTES: u32 = 8 << 20;
 /// Largest COMPARE AND WRITE in blocks.
 pub const MAX_CAW_BLOCKS: u32 = 255;
 
@@ -144,6 +147,15 @@ pub enum DataAction {
         /// New contents.
         data: Vec<u8>,
     },
+    /// Read the range, OR `data` into it, write it back (ORWRITE).
+    Or {
+        /// First block.
+        lba: u64,
+        /// Force unit access.
+        fua: bool,
+        /// Data to OR in.
+        data: Vec<u8>,
+    },
     /// Read the range and compare it with `expect` (VERIFY BYTCHK=1;
     /// BYTCHK=3: `expect` is one block repeated).
     Compare {
@@ -193,6 +205,8 @@ struct Shared {
     generation: u32,
     regs: Vec<Registration>,
     res: Option<PrReservation>,
+    /// Nexuses logged in to this unit.
+    nexuses: Vec<Nexus>,
     /// Pending unit attentions per nexus, oldest first.
     ua: HashMap<Nexus, Vec<(u8, u8)>>,
 }
@@ -335,10 +349,19 @@ impl Lun {
         }
     }
 
+    /// A nexus logged in.
+    pub fn nexus_joined(&self, n: &Nexus) {
+        let mut s = lock(&self.shared);
+        if !s.nexuses.contains(n) {
+            s.nexuses.push(n.clone());
+        }
+    }
+
     /// The nexus left (logout, connection loss): SPC-2 reservations it held
     /// are released; persistent ones stay.
     pub fn nexus_lost(&self, n: &Nexus) {
         let mut s = lock(&self.shared);
+        s.nexuses.retain(|x| x != n);
         if s.spc2.as_ref() == Some(n) {
             s.spc2 = None;
         }
@@ -346,18 +369,14 @@ impl Lun {
         self.recompute_quiet(&s);
     }
 
-    /// LOGICAL UNIT RESET (or a target reset) from `from`: SPC-2
-    /// reservations are released, other nexuses get a unit attention.
-    pub fn reset(&self, from: &Nexus) {
+    /// LOGICAL UNIT RESET (or a target reset): SPC-2 reservations are
+    /// released and every nexus, the one that asked included, gets a
+    /// unit attention (SAM-5 §6.3.3; persistent reservations stay).
+    pub fn reset(&self, _from: &Nexus) {
         let mut s = lock(&self.shared);
         s.spc2 = None;
-        let others: Vec<Nexus> = s
-            .regs
-            .iter()
-            .map(|r| r.nexus.clone())
-            .filter(|n| n != from)
-            .collect();
-        self.raise_ua(&mut s, &others, asc::POWER_ON_RESET);
+        let all: Vec<Nexus> = s.nexuses.clone();
+        self.raise_ua(&mut s, &all, (0x29, 0x03));
         self.recompute_quiet(&s);
     }
 
@@ -371,6 +390,8 @@ impl Lun {
             | Cdb::WriteSame { .. }
             | Cdb::Unmap { .. }
             | Cdb::CompareAndWrite { .. }
+            | Cdb::OrWrite { .. }
+            | Cdb::WriteAtomic { .. }
             | Cdb::SyncCache { .. }
             | Cdb::ModeSelect { .. } => Access::Write,
             Cdb::ModeSense { .. } | Cdb::ReadCapacity10 | Cdb::ReadCapacity16 { .. } => {
@@ -478,6 +499,11 @@ impl Lun {
             return Err(out_of_range(lba));
         }
         Ok(())
+    }
+
+    /// Largest WRITE ATOMIC in blocks: one engine write.
+    pub fn max_atomic_blocks(&self) -> u32 {
+        (MAX_ATOMIC_BYTES / self.block_size()).min(self.volume.info().max_write_blocks)
     }
 
     fn max_blocks(&self) -> u32 {
@@ -649,6 +675,49 @@ impl Lun {
                     });
                 }
                 Action::NeedData { len: bs }
+            }
+            Cdb::OrWrite { lba, blocks, .. } => {
+                if raw[1] & 0xe0 != 0 {
+                    return check(invalid_cdb(1));
+                }
+                if blocks > self.max_blocks() {
+                    return check(invalid_cdb(10));
+                }
+                if let Err(s) = self.range(lba, u64::from(blocks)) {
+                    return check(s);
+                }
+                if blocks == 0 {
+                    return Action::Status(status::GOOD, None);
+                }
+                Action::NeedData { len: blocks * bs }
+            }
+            Cdb::WriteAtomic { lba, blocks, fua } => {
+                if raw[1] & 0xe0 != 0 {
+                    return check(invalid_cdb(1));
+                }
+                if let Err(s) = self.range(lba, u64::from(blocks)) {
+                    return check(s);
+                }
+                if blocks > self.max_atomic_blocks() {
+                    return check(invalid_cdb(12));
+                }
+                if blocks == 0 {
+                    return Action::Status(status::GOOD, None);
+                }
+                Action::Write { lba, blocks, fua }
+            }
+            Cdb::ReadDefectData {
+                twelve,
+                flags,
+                alloc_len,
+            } => {
+                // No defects: an empty list in the requested format.
+                let v = if twelve {
+                    vec![0, flags & 0x1f, 0, 0, 0, 0, 0, 0]
+                } else {
+                    vec![0, flags & 0x1f, 0, 0]
+                };
+                cut(v, usize::try_from(alloc_len).unwrap_or(usize::MAX))
             }
             Cdb::CompareAndWrite { lba, blocks, .. } => {
                 if raw[1] & 0xe0 != 0 {
@@ -832,6 +901,7 @@ impl Lun {
                     data,
                 }
             }
+            Cdb::OrWrite { lba, fua, .. } => DataAction::Or { lba, fua, data },
             Cdb::Verify {
                 lba,
                 blocks,
@@ -952,6 +1022,8 @@ impl Lun {
                 put32(&mut p, 20, MAX_UNMAP_DESCRIPTORS); // max unmap descriptors
                 put32(&mut p, 24, (4096 / bs).max(1)); // optimal unmap granularity
                 put64(&mut p, 32, u64::from(MAX_UNMAP_BLOCKS)); // max write same
+                put32(&mut p, 40, self.max_atomic_blocks()); // max atomic transfer
+                // Atomic alignment and granularity: none (0).
                 v.extend_from_slice(&p);
             }
             0xb1 => {
@@ -1453,6 +1525,8 @@ fn opcode_table() -> Vec<(u8, Option<u16>, Vec<u8>)> {
         (0x25, None, c10(0x25, [0, 0, 0, 0, 0, 0, 0, 0, 0x07])),
         (0x28, None, c10(0x28, [0x18, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0x07])),
         (0x2a, None, c10(0x2a, [0x18, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0x07])),
+        (0x2e, None, c10(0x2e, [0x12, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0x07])),
+        (0x37, None, c10(0x37, [0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0x07])),
         (0x2f, None, c10(0x2f, [0x16, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0x07])),
         (0x34, None, c10(0x34, [0x02, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0x07])),
         (0x35, None, c10(0x35, [0x02, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0x07])),
@@ -1474,6 +1548,9 @@ fn opcode_table() -> Vec<(u8, Option<u16>, Vec<u8>)> {
         (0x5f, Some(5), c10(0x5f, [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07])),
         (0x5f, Some(6), c10(0x5f, [0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x07])),
         (0x88, None, c16(0x88, [0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
+        (0x8b, None, c16(0x8b, [0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
+        (0x8e, None, c16(0x8e, [0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
+        (0x9c, None, c16(0x9c, [0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0xff, 0xff, 0, 0x07])),
         (0x89, None, c16(0x89, [0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0, 0x07])),
         (0x8a, None, c16(0x8a, [0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
         (0x8f, None, c16(0x8f, [0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
@@ -1485,6 +1562,9 @@ fn opcode_table() -> Vec<(u8, Option<u16>, Vec<u8>)> {
         (0xa0, None, c12(0xa0, [0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
         (0xa3, Some(0x0c), c12(0xa3, [0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
         (0xa3, Some(0x0d), c12(0xa3, [0x0d, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
+        (0xae, None, c12(0xae, [0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
+        (0xaf, None, c12(0xaf, [0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
+        (0xb7, None, c12(0xb7, [0x1f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
         (0xa8, None, c12(0xa8, [0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
         (0xaa, None, c12(0xaa, [0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0x07])),
     ]

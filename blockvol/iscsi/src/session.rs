@@ -108,7 +108,7 @@ enum Phase {
 #[derive(Debug)]
 enum Work {
     /// A WRITE: chunks go to the engine as they are.
-    Write { lba: u64, blocks: u32, fua: bool },
+    Write { lba: u64, fua: bool, atomic: bool },
     /// Parameter data for [`crate::lun::Lun::with_data`].
     Param,
     /// A READ (or VERIFY without BYTCHK when `send` is false).
@@ -770,6 +770,10 @@ impl IscsiConn {
             }
             self.block_size = h.block_size();
             self.handle = Some(h);
+            t.lun.nexus_joined(&Nexus {
+                initiator: ls.initiator.clone().unwrap_or_default(),
+                isid: ls.isid,
+            });
             self.target = Some(t.clone());
         }
         let (tsih, kill) = if ls.tsih != 0 {
@@ -1062,7 +1066,13 @@ impl IscsiConn {
             }
             Action::Flush => task.work = Work::Flush,
             Action::Immediate(d) => task.work = Work::Data(d),
-            Action::Write { lba, blocks, fua } => task.work = Work::Write { lba, blocks, fua },
+            Action::Write { lba, fua, .. } => {
+                task.work = Work::Write {
+                    lba,
+                    fua,
+                    atomic: matches!(task.cdb, Cdb::WriteAtomic { .. }),
+                }
+            }
             Action::NeedData { .. } => task.work = Work::Param,
         }
         if need > 0 {
@@ -1309,7 +1319,7 @@ impl IscsiConn {
         let bs = u64::from(self.block_size);
         let work = std::mem::replace(&mut t.work, Work::None);
         match work {
-            Work::Write { lba, fua, .. } => {
+            Work::Write { lba, fua, atomic } => {
                 let bsz = bs as usize;
                 let want = t.want as usize;
                 if want % bsz != 0 {
@@ -1324,6 +1334,13 @@ impl IscsiConn {
                             buf: vec![0u8; bsz],
                         },
                     );
+                } else if atomic {
+                    // One engine write: one WAL record, all or nothing.
+                    let mut all = Vec::with_capacity(want);
+                    for c in t.data.drain(..) {
+                        all.extend_from_slice(&c);
+                    }
+                    self.submit(slot, Op::Write { lba, buf: all, fua });
                 } else {
                     let chunks = std::mem::take(&mut t.data);
                     self.submit_writes(slot, lba, fua, chunks);
@@ -1406,6 +1423,19 @@ impl IscsiConn {
                     Op::Read {
                         lba,
                         buf: vec![0u8; blocks as usize * bs],
+                    },
+                );
+            }
+            DataAction::Or { lba, fua, data } => {
+                let len = data.len();
+                if let Some(t) = self.tasks[slot].as_mut() {
+                    t.work = Work::Data(DataAction::Or { lba, fua, data });
+                }
+                self.submit(
+                    slot,
+                    Op::Read {
+                        lba,
+                        buf: vec![0u8; len],
                     },
                 );
             }
@@ -1551,8 +1581,9 @@ impl IscsiConn {
                 }
                 self.pump_read(slot, out);
             }
-            Work::Data(DataAction::CompareAndWrite { .. }) | Work::Data(DataAction::Compare { .. })
-                if !t.staged =>
+            Work::Data(
+                DataAction::CompareAndWrite { .. } | DataAction::Compare { .. } | DataAction::Or { .. },
+            ) if !t.staged =>
             {
                 t.staged = true;
                 let Ok(()) = c.result else {
@@ -1580,6 +1611,12 @@ impl IscsiConn {
                         } else {
                             self.submit(slot, Op::Write { lba, buf: data, fua });
                         }
+                    }
+                    Work::Data(DataAction::Or { lba, fua, mut data }) => {
+                        for (d, g) in data.iter_mut().zip(&got) {
+                            *d |= g;
+                        }
+                        self.submit(slot, Op::Write { lba, buf: data, fua });
                     }
                     Work::Data(DataAction::Compare { expect, same, .. }) => {
                         let bs = self.block_size as usize;
@@ -1758,7 +1795,9 @@ impl IscsiConn {
         }
         if matches!(
             t.work,
-            Work::Data(DataAction::CompareAndWrite { .. } | DataAction::Compare { .. })
+            Work::Data(
+                DataAction::CompareAndWrite { .. } | DataAction::Compare { .. } | DataAction::Or { .. }
+            )
         ) && !t.staged
         {
             return;

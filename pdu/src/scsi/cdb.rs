@@ -158,6 +158,34 @@ pub enum Cdb {
         /// Force unit access.
         fua: bool,
     },
+    /// ORWRITE (16) (0x8b): OR the data-out into the blocks.
+    OrWrite {
+        /// First block.
+        lba: u64,
+        /// Blocks.
+        blocks: u32,
+        /// Force unit access.
+        fua: bool,
+    },
+    /// WRITE ATOMIC (16) (0x9c).
+    WriteAtomic {
+        /// First block.
+        lba: u64,
+        /// Blocks.
+        blocks: u32,
+        /// Force unit access.
+        fua: bool,
+    },
+    /// READ DEFECT DATA (10) (0x37) and (12) (0xb7).
+    ReadDefectData {
+        /// The 12-byte form.
+        twelve: bool,
+        /// REQ_PLIST, REQ_GLIST and the defect list format (byte 2 of
+        /// the 10-byte form, byte 1 of the 12-byte form).
+        flags: u8,
+        /// Allocation length.
+        alloc_len: u32,
+    },
     /// PERSISTENT RESERVE IN (0x5e).
     PersistentReserveIn {
         /// Service action.
@@ -393,6 +421,51 @@ pub fn parse_cdb(c: &[u8]) -> Result<Cdb, CdbError> {
         },
         0xa0 => Cdb::ReportLuns {
             select: c[2],
+            alloc_len: be32(c, 6),
+        },
+        // WRITE AND VERIFY (10/12/16): a write the medium has verified,
+        // i.e. durable before the status (FUA).
+        0x2e => Cdb::Write {
+            lba: u64::from(be32(c, 2)),
+            blocks: u32::from(be16(c, 7)),
+            fua: true,
+            len: 10,
+        },
+        0xae => Cdb::Write {
+            lba: u64::from(be32(c, 2)),
+            blocks: be32(c, 6),
+            fua: true,
+            len: 12,
+        },
+        0x8e => Cdb::Write {
+            lba: be64(c, 2),
+            blocks: be32(c, 10),
+            fua: true,
+            len: 16,
+        },
+        0xaf => Cdb::Verify {
+            lba: u64::from(be32(c, 2)),
+            blocks: be32(c, 6),
+            bytchk: (c[1] >> 1) & 3,
+        },
+        0x8b => Cdb::OrWrite {
+            lba: be64(c, 2),
+            blocks: be32(c, 10),
+            fua,
+        },
+        0x9c => Cdb::WriteAtomic {
+            lba: be64(c, 2),
+            blocks: u32::from(be16(c, 12)),
+            fua,
+        },
+        0x37 => Cdb::ReadDefectData {
+            twelve: false,
+            flags: c[2],
+            alloc_len: u32::from(be16(c, 7)),
+        },
+        0xb7 => Cdb::ReadDefectData {
+            twelve: true,
+            flags: c[1],
             alloc_len: be32(c, 6),
         },
         0x89 => Cdb::CompareAndWrite {
