@@ -5,6 +5,8 @@
 //! This library holds what both share: the self-describing block pattern
 //! that lets a verifier tell which write a block came from.
 
+pub mod guest;
+
 /// Fill `blocks` blocks of `block_size` bytes at `lba` with the pattern of
 /// write `id`: every 16 bytes hold `id` and the block's LBA, little endian.
 pub fn pattern(id: u64, lba: u64, blocks: u64, block_size: usize) -> Vec<u8> {
