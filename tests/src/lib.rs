@@ -6,6 +6,8 @@
 //! that lets a verifier tell which write a block came from.
 
 pub mod guest;
+pub mod iscsi_client;
+pub mod server;
 
 /// Fill `blocks` blocks of `block_size` bytes at `lba` with the pattern of
 /// write `id`: every 16 bytes hold `id` and the block's LBA, little endian.

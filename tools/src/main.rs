@@ -13,7 +13,8 @@ use keel_tools::volume_cmd::{self, EXIT_UNREADABLE};
     name = "keel",
     version,
     after_help = "Errors print one line, `keel: error: ...`, on stderr. Logging goes to stderr; \
-                  set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=keel_blockvol=trace; default warn)."
+                  set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=keel_blockvol=trace; default warn, \
+                  info for `keel dev`)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,6 +23,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run a single-node volume server for development, in the foreground.
+    ///
+    /// Hosts one volume, `vol0` (DATA_DIR/vol0.keel, created on the first
+    /// start, reused with its data afterwards), exported over iSCSI as
+    /// iqn.2026-11.io.keel:vol0 LUN 0, with the admin endpoint (GET /status,
+    /// GET /metrics) beside it. Prints how to connect, then serves until
+    /// SIGINT (Ctrl-C) or SIGTERM and shuts down cleanly. Logs go to stderr
+    /// (RUST_LOG, default info). For production use `keel-volume` with a
+    /// config file.
+    Dev(DevArgs),
     /// Offline tools on a volume file (the volume must not be open elsewhere).
     ///
     /// A volume lives in two files: PATH (the superblock slots and the WAL
@@ -84,6 +95,82 @@ enum VolumeCmd {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct DevArgs {
+    /// Directory of the volume files.
+    #[arg(long, default_value = "./keel-data", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Size of the default volume when it is created (an existing volume
+    /// smaller than this is grown).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    size: u64,
+    /// iSCSI listen address.
+    #[arg(long, default_value = "127.0.0.1:3260", value_name = "ADDR")]
+    iscsi_listen: String,
+    /// Portal that SendTargets advertises (HOST:PORT), e.g. 10.0.2.2:3260
+    /// for a qemu guest with user networking; default: the address the
+    /// initiator connected to.
+    #[arg(long, value_name = "HOST:PORT")]
+    iscsi_advertise: Option<String>,
+    /// Admin HTTP listen address ("" turns it off).
+    #[arg(long, default_value = "127.0.0.1:9480", value_name = "ADDR")]
+    admin_listen: String,
+    /// Reactor poll mode: busy, adaptive[:<spin µs>] or interrupt.
+    #[arg(long, default_value = "adaptive", value_name = "MODE")]
+    poll_mode: String,
+    /// I/O backend: standard, auto or io_uring.
+    #[arg(long, default_value = "auto", value_name = "BACKEND")]
+    backend: String,
+}
+
+fn dev(a: DevArgs) -> Result<i32, (String, i32)> {
+    use keel_volume::config::{ServerConfig, VolumeSpec};
+    let mut cfg = ServerConfig {
+        data_dir: a.data_dir,
+        ..ServerConfig::default()
+    };
+    cfg.iscsi.listen = vec![a.iscsi_listen];
+    cfg.iscsi.advertise = a.iscsi_advertise.into_iter().collect();
+    cfg.admin.listen = a.admin_listen;
+    cfg.reactor.poll_mode = a.poll_mode;
+    cfg.engine.backend = a.backend;
+    cfg.volumes = vec![VolumeSpec {
+        name: "vol0".into(),
+        size: Some(a.size.to_string()),
+        iqn: None,
+        initiators: Vec::new(),
+        chap: None,
+        mutual_chap: None,
+    }];
+    let server = keel_volume::Server::start(&cfg).map_err(|e| (format!("{e:#}"), 1))?;
+    let iqn = cfg.iqn_of(&cfg.volumes[0]);
+    let portal = server.iscsi_addrs().first().map(ToString::to_string).unwrap_or_default();
+    let host = server
+        .iscsi_addrs()
+        .first()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let port = server.iscsi_addrs().first().map_or(3260, std::net::SocketAddr::port);
+    let vol = &server.state().volumes[0];
+    let info = vol.target.lun.volume().info();
+    println!("keel dev: volume vol0 ({}) at {}", keel_tools::size::format_size(info.size), vol.path.display());
+    println!("  iSCSI target {iqn}, LUN 0, portal {portal}");
+    if let Some(a) = server.admin_addr() {
+        println!("  admin        http://{a}/status  http://{a}/metrics");
+    }
+    println!();
+    println!("Connect with:");
+    println!("  iscsi-ls -s iscsi://{portal}");
+    println!("  iscsi-inq iscsi://{portal}/{iqn}/0");
+    println!("  iscsiadm -m discovery -t sendtargets -p {host}:{port}");
+    println!("  iscsiadm -m node -T {iqn} -p {host}:{port} --login");
+    println!("Ctrl-C (SIGINT) or SIGTERM stops the server.");
+    keel_volume::wait_for_signal().map_err(|e| (format!("{e:#}"), 1))?;
+    eprintln!("keel dev: shutting down");
+    server.shutdown().map_err(|e| (format!("{e:#}"), 1))?;
+    Ok(0)
+}
+
 fn parse_block_size(s: &str) -> Result<u32, String> {
     match s.trim() {
         "512" => Ok(512),
@@ -93,13 +180,6 @@ fn parse_block_size(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -117,6 +197,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The server logs what it does (info); the offline tools only warn.
+    let default_level = if matches!(cli.cmd, Cmd::Dev(_)) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .init();
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err((msg, code)) => {
@@ -141,6 +230,7 @@ fn usage_error_line(rendered: &str) -> String {
 
 fn run(cli: Cli) -> Result<i32, (String, i32)> {
     match cli.cmd {
+        Cmd::Dev(a) => dev(a),
         Cmd::Volume(VolumeCmd::Create {
             path,
             size,
