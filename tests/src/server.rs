@@ -37,7 +37,18 @@ impl ServerProcess {
     /// Start `server_bin` on `data_dir` hosting `volumes` (`name:size`),
     /// with extra arguments; waits until the portal accepts connections.
     pub fn start(server_bin: &Path, data_dir: &Path, volumes: &[&str], extra: &[&str]) -> ServerProcess {
-        let iscsi: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::start_on(server_bin, data_dir, volumes, extra, free_port())
+    }
+
+    /// [`ServerProcess::start`] with the iSCSI portal on `iscsi_port`.
+    pub fn start_on(
+        server_bin: &Path,
+        data_dir: &Path,
+        volumes: &[&str],
+        extra: &[&str],
+        iscsi_port: u16,
+    ) -> ServerProcess {
+        let iscsi: SocketAddr = format!("127.0.0.1:{iscsi_port}").parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cmd = Command::new(server_bin);
         cmd.arg("--data-dir")
