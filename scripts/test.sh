@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests use. Nothing beyond the Rust toolchain is needed
-# yet; the protocol tests (libiscsi, tgt, fio, qemu) add theirs here.
-PACKAGES=()
+# System packages the tests use: libiscsi (iscsi-test-cu, iscsi-inq, ...),
+# fio, and tgt (the peer target of the benchmarks). The qemu set (taken from
+# bookworm as one release) and the guest's packages are installed by
+# tests/guest/build-guest.sh below.
+PACKAGES=(libiscsi-bin fio tgt)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -20,6 +22,10 @@ if ((${#missing[@]})); then
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+
+# The qemu guest with the kernel initiators (cached in ~/.cache/keel-guest;
+# seconds when up to date). Installs qemu and the guest's packages.
+tests/guest/build-guest.sh
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -127,7 +127,11 @@ impl Client {
             }
             None => push_pair(&mut keys, "SessionType", "Discovery"),
         }
-        push_pair(&mut keys, "AuthMethod", if chap.is_some() { "CHAP" } else { "None" });
+        push_pair(
+            &mut keys,
+            "AuthMethod",
+            if chap.is_some() { "CHAP" } else { "None" },
+        );
         let mut req = Login {
             transit: chap.is_none(),
             csg: 0,
@@ -147,7 +151,12 @@ impl Client {
             resp = self.login_step(&req, &k).map_err(io)?;
             let text = resp.1.clone();
             let pairs = parse_pairs(&text).map_err(|e| LoginError::Io(e.to_string()))?;
-            let get = |key: &str| pairs.iter().find(|(a, _)| *a == key).map(|p| p.1.to_owned());
+            let get = |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(a, _)| *a == key)
+                    .map(|p| p.1.to_owned())
+            };
             let id: u8 = get("CHAP_I")
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| LoginError::Io("no CHAP_I".into()))?;
@@ -200,7 +209,10 @@ impl Client {
         self.send(&req.encode(true), data)?;
         let r = self.recv()?;
         let Pdu::LoginResponse(l) = r.pdu else {
-            return Err(std::io::Error::other(format!("not a login response: {:?}", r.pdu)));
+            return Err(std::io::Error::other(format!(
+                "not a login response: {:?}",
+                r.pdu
+            )));
         };
         self.exp_stat_sn = l.sn.wrapping_add(1);
         if l.status_class != 0 {
@@ -236,7 +248,13 @@ impl Client {
 
     /// Run a SCSI command on `lun`: `read_len` bytes of data-in expected,
     /// or `write` data sent on R2T.
-    pub fn scsi(&mut self, lun: u64, cdb: &[u8], read_len: u32, write: &[u8]) -> std::io::Result<ScsiResult> {
+    pub fn scsi(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        read_len: u32,
+        write: &[u8],
+    ) -> std::io::Result<ScsiResult> {
         let itt = self.next_itt();
         let mut c = [0u8; 16];
         c[..cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
@@ -250,7 +268,11 @@ impl Client {
             data_len: 0,
             lun,
             itt,
-            expected_len: if write.is_empty() { read_len } else { u32::try_from(write.len()).unwrap_or(u32::MAX) },
+            expected_len: if write.is_empty() {
+                read_len
+            } else {
+                u32::try_from(write.len()).unwrap_or(u32::MAX)
+            },
             cmd_sn: self.cmd_sn,
             exp_stat_sn: self.exp_stat_sn,
             cdb: c,
@@ -321,7 +343,12 @@ impl Client {
     }
 
     /// READ(16) of `blocks` at `lba`.
-    pub fn read16(&mut self, lba: u64, blocks: u32, block_size: u32) -> std::io::Result<ScsiResult> {
+    pub fn read16(
+        &mut self,
+        lba: u64,
+        blocks: u32,
+        block_size: u32,
+    ) -> std::io::Result<ScsiResult> {
         let mut c = [0u8; 16];
         c[0] = 0x88;
         c[2..10].copy_from_slice(&lba.to_be_bytes());
@@ -330,7 +357,13 @@ impl Client {
     }
 
     /// WRITE(16) at `lba`.
-    pub fn write16(&mut self, lba: u64, data: &[u8], block_size: u32, fua: bool) -> std::io::Result<ScsiResult> {
+    pub fn write16(
+        &mut self,
+        lba: u64,
+        data: &[u8],
+        block_size: u32,
+        fua: bool,
+    ) -> std::io::Result<ScsiResult> {
         let mut c = [0u8; 16];
         c[0] = 0x8a;
         if fua {
@@ -385,7 +418,9 @@ impl Client {
         let r = self.recv()?;
         match r.pdu {
             Pdu::LogoutResponse(_) => Ok(()),
-            other => Err(std::io::Error::other(format!("not a logout response: {other:?}"))),
+            other => Err(std::io::Error::other(format!(
+                "not a logout response: {other:?}"
+            ))),
         }
     }
 }

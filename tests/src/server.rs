@@ -36,7 +36,12 @@ pub fn iqn(name: &str) -> String {
 impl ServerProcess {
     /// Start `server_bin` on `data_dir` hosting `volumes` (`name:size`),
     /// with extra arguments; waits until the portal accepts connections.
-    pub fn start(server_bin: &Path, data_dir: &Path, volumes: &[&str], extra: &[&str]) -> ServerProcess {
+    pub fn start(
+        server_bin: &Path,
+        data_dir: &Path,
+        volumes: &[&str],
+        extra: &[&str],
+    ) -> ServerProcess {
         Self::start_on(server_bin, data_dir, volumes, extra, free_port())
     }
 
@@ -58,7 +63,10 @@ impl ServerProcess {
             .arg("--admin-listen")
             .arg(admin.to_string())
             .args(extra)
-            .env("RUST_LOG", std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -96,7 +104,11 @@ impl ServerProcess {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("volume server exited at start ({st}):\n{}", s.log());
             }
-            assert!(Instant::now() < deadline, "volume server did not listen:\n{}", s.log());
+            assert!(
+                Instant::now() < deadline,
+                "volume server did not listen:\n{}",
+                s.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         s
@@ -137,7 +149,9 @@ impl ServerProcess {
         loop {
             match self.child.try_wait() {
                 Ok(Some(st)) => return st.code(),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 _ => return None,
             }
         }
@@ -150,7 +164,9 @@ impl ServerProcess {
         let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(out)
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or(out)
     }
 }
 

@@ -34,7 +34,11 @@ fn open_iscsi_in_a_guest_uses_a_keel_volume_as_a_disk() {
     let iqn = iqn("vol0");
     let run = run_script(
         &script("iscsi-fs.sh"),
-        &[("TGT_PORT", &port_s), ("TGT_IQN", &iqn), ("STRICT_PORTAL", "1")],
+        &[
+            ("TGT_PORT", &port_s),
+            ("TGT_IQN", &iqn),
+            ("STRICT_PORTAL", "1"),
+        ],
         Duration::from_secs(600),
     );
     assert!(
@@ -45,6 +49,10 @@ fn open_iscsi_in_a_guest_uses_a_keel_volume_as_a_disk() {
         s.log()
     );
     eprintln!("{}", run.summary());
-    assert!(run.steps().len() >= 8, "too few steps ran: {:?}", run.steps());
+    assert!(
+        run.steps().len() >= 8,
+        "too few steps ran: {:?}",
+        run.steps()
+    );
     assert!(!s.log().contains("panicked"));
 }

@@ -47,7 +47,10 @@ fn fio_verify_mixed_sizes_qd32_through_qemu() {
     let _qsd = Qsd(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", nbd)).is_err() {
-        assert!(Instant::now() < deadline, "qemu-storage-daemon did not export the LUN");
+        assert!(
+            Instant::now() < deadline,
+            "qemu-storage-daemon did not export the LUN"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = Command::new("fio")
@@ -66,7 +69,8 @@ fn fio_verify_mixed_sizes_qd32_through_qemu() {
         ])
         .output()
         .expect("fio (apt-get install fio)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "fio failed:\n{text}");
     assert!(text.contains("err= 0"), "{text}");
     assert!(!text.contains("verify: bad"), "{text}");

@@ -59,7 +59,12 @@ fn closed(sock: &mut TcpStream) -> bool {
         match sock.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
             Err(_) => return true,
         }
     }
@@ -81,7 +86,10 @@ fn hostile_initiators_do_not_harm_other_sessions() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let junk: Vec<u8> = (0..4096).map(|_| rng.gen()).collect();
     let _ = g.write_all(&junk);
-    assert!(closed(&mut g), "garbage before login must drop the connection");
+    assert!(
+        closed(&mut g),
+        "garbage before login must drop the connection"
+    );
     victim_ok(&mut v, &data);
 
     // 2. A truncated PDU, then a half-close: the target gives up cleanly.
@@ -93,7 +101,10 @@ fn hostile_initiators_do_not_harm_other_sessions() {
 
     // 3. Login to a target that does not exist: status 2/3.
     let mut c = Client::connect(s.iscsi).unwrap();
-    assert_eq!(c.try_login(INI, Some(&iqn("missing")), None), Err(LoginError::Status(2, 3)));
+    assert_eq!(
+        c.try_login(INI, Some(&iqn("missing")), None),
+        Err(LoginError::Status(2, 3))
+    );
     // 4. A login without InitiatorName... is covered by libiscsi; a login
     // to a CHAP-protected target is in `chap_one_way_and_mutual`.
 
@@ -102,14 +113,29 @@ fn hostile_initiators_do_not_harm_other_sessions() {
     c.login(INI, Some(&iqn("vol0")), None).unwrap();
     let r = c.scsi(5 << 48, &[0x00, 0, 0, 0, 0, 0], 0, &[]).unwrap();
     assert_eq!(r.status, 2);
-    assert_eq!(r.sense, Some((0x05, 0x25, 0x00)), "LOGICAL UNIT NOT SUPPORTED");
+    assert_eq!(
+        r.sense,
+        Some((0x05, 0x25, 0x00)),
+        "LOGICAL UNIT NOT SUPPORTED"
+    );
     let blocks = (64 << 20) / BS;
     let r = c.read16(u64::from(blocks), 1, BS).unwrap();
     assert_eq!(r.sense, Some((0x05, 0x21, 0x00)), "LBA OUT OF RANGE");
-    let r = c.write16(u64::from(blocks) - 1, &vec![1u8; 2 * BS as usize], BS, false).unwrap();
+    let r = c
+        .write16(
+            u64::from(blocks) - 1,
+            &vec![1u8; 2 * BS as usize],
+            BS,
+            false,
+        )
+        .unwrap();
     assert_eq!(r.sense, Some((0x05, 0x21, 0x00)), "LBA OUT OF RANGE");
     let r = c.scsi(0, &[0xff, 0, 0, 0, 0, 0], 0, &[]).unwrap();
-    assert_eq!(r.sense, Some((0x05, 0x20, 0x00)), "INVALID COMMAND OPERATION CODE");
+    assert_eq!(
+        r.sense,
+        Some((0x05, 0x20, 0x00)),
+        "INVALID COMMAND OPERATION CODE"
+    );
 
     // 6. A NOP flood: every ping is answered, the victim is unaffected.
     for i in 0..2000u32 {
@@ -145,7 +171,10 @@ fn hostile_initiators_do_not_harm_other_sessions() {
             rejected = true;
         }
     }
-    assert!(rejected, "an oversized data segment gets a Reject before the drop");
+    assert!(
+        rejected,
+        "an oversized data segment gets a Reject before the drop"
+    );
     victim_ok(&mut v, &data);
 
     // 8. Fuzzed PDUs after a good login: random mutations of valid headers.
@@ -217,23 +246,38 @@ mutual_chap = { user = "keel", secret = "target-secret-1" }
     let allowed = "iqn.2026-11.io.keel.test:allowed";
     // No CHAP: authentication failure (2/1).
     let mut c = Client::connect(s.iscsi).unwrap();
-    assert_eq!(c.try_login(allowed, Some(&iqn("sec")), None), Err(LoginError::Status(2, 1)));
+    assert_eq!(
+        c.try_login(allowed, Some(&iqn("sec")), None),
+        Err(LoginError::Status(2, 1))
+    );
     // Wrong secret: 2/1.
     let mut c = Client::connect(s.iscsi).unwrap();
     assert_eq!(
-        c.try_login(allowed, Some(&iqn("sec")), Some(("host1", "wrong-secret-00"))),
+        c.try_login(
+            allowed,
+            Some(&iqn("sec")),
+            Some(("host1", "wrong-secret-00"))
+        ),
         Err(LoginError::Status(2, 1))
     );
     // An initiator not on the ACL: authorization failure (2/2).
     let mut c = Client::connect(s.iscsi).unwrap();
     assert_eq!(
-        c.try_login("iqn.2026-11.io.keel.test:other", Some(&iqn("sec")), Some(("host1", "host1-secret-12"))),
+        c.try_login(
+            "iqn.2026-11.io.keel.test:other",
+            Some(&iqn("sec")),
+            Some(("host1", "host1-secret-12"))
+        ),
         Err(LoginError::Status(2, 2))
     );
     // Right secret: in, and the LUN works.
     let mut c = Client::connect(s.iscsi).unwrap();
-    c.login(allowed, Some(&iqn("sec")), Some(("host1", "host1-secret-12")))
-        .unwrap();
+    c.login(
+        allowed,
+        Some(&iqn("sec")),
+        Some(("host1", "host1-secret-12")),
+    )
+    .unwrap();
     let r = c.write16(0, &vec![9u8; BS as usize], BS, true).unwrap();
     assert_eq!(r.status, 0);
     // libiscsi with CHAP in the URL, one-way and mutual.
@@ -244,7 +288,11 @@ mutual_chap = { user = "keel", secret = "target-secret-1" }
         .arg(&url)
         .output()
         .expect("iscsi-inq (apt-get install libiscsi-bin)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let url = format!(
         "iscsi://host1%host1-secret-12@{}/{}/0?target_user=keel&target_password=target-secret-1",
         s.iscsi,
@@ -256,7 +304,11 @@ mutual_chap = { user = "keel", secret = "target-secret-1" }
         .arg(&url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "mutual CHAP: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mutual CHAP: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let url = format!(
         "iscsi://host1%host1-secret-12@{}/{}/0?target_user=keel&target_password=not-the-secret",
         s.iscsi,
@@ -268,5 +320,8 @@ mutual_chap = { user = "keel", secret = "target-secret-1" }
         .arg(&url)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "the initiator must refuse a target that fails mutual CHAP");
+    assert!(
+        !out.status.success(),
+        "the initiator must refuse a target that fails mutual CHAP"
+    );
 }

@@ -31,7 +31,9 @@ fn load(s: &ServerProcess, seed: u64, stop: &AtomicBool) -> Ledger {
     let Ok(mut c) = Client::connect(s.iscsi) else {
         return led;
     };
-    if c.login("iqn.2026-11.io.keel.test:writer", Some(&iqn("vol0")), None).is_err() {
+    if c.login("iqn.2026-11.io.keel.test:writer", Some(&iqn("vol0")), None)
+        .is_err()
+    {
         return led;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -74,8 +76,12 @@ fn load(s: &ServerProcess, seed: u64, stop: &AtomicBool) -> Ledger {
 
 fn verify(s: &ServerProcess, led: &Ledger) -> usize {
     let mut c = Client::connect(s.iscsi).unwrap();
-    c.login("iqn.2026-11.io.keel.test:verifier", Some(&iqn("vol0")), None)
-        .unwrap();
+    c.login(
+        "iqn.2026-11.io.keel.test:verifier",
+        Some(&iqn("vol0")),
+        None,
+    )
+    .unwrap();
     let r = c.read16(0, BLOCKS as u32, BS).unwrap();
     assert_eq!(r.status, 0);
     let mut checked = 0;
@@ -90,7 +96,11 @@ fn verify(s: &ServerProcess, led: &Ledger) -> usize {
             BlockContent::Write(id) => id >= ids[k - 1],
             BlockContent::Zero => false,
         };
-        assert!(ok, "LBA {lba}: durable write {} lost, found {got:?}", ids[k - 1]);
+        assert!(
+            ok,
+            "LBA {lba}: durable write {} lost, found {got:?}",
+            ids[k - 1]
+        );
         checked += 1;
     }
     checked

@@ -144,16 +144,27 @@ fn dev(a: DevArgs) -> Result<i32, (String, i32)> {
     }];
     let server = keel_volume::Server::start(&cfg).map_err(|e| (format!("{e:#}"), 1))?;
     let iqn = cfg.iqn_of(&cfg.volumes[0]);
-    let portal = server.iscsi_addrs().first().map(ToString::to_string).unwrap_or_default();
+    let portal = server
+        .iscsi_addrs()
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let host = server
         .iscsi_addrs()
         .first()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    let port = server.iscsi_addrs().first().map_or(3260, std::net::SocketAddr::port);
+    let port = server
+        .iscsi_addrs()
+        .first()
+        .map_or(3260, std::net::SocketAddr::port);
     let vol = &server.state().volumes[0];
     let info = vol.target.lun.volume().info();
-    println!("keel dev: volume vol0 ({}) at {}", keel_tools::size::format_size(info.size), vol.path.display());
+    println!(
+        "keel dev: volume vol0 ({}) at {}",
+        keel_tools::size::format_size(info.size),
+        vol.path.display()
+    );
     println!("  iSCSI target {iqn}, LUN 0, portal {portal}");
     if let Some(a) = server.admin_addr() {
         println!("  admin        http://{a}/status  http://{a}/metrics");
@@ -198,7 +209,11 @@ fn main() -> ExitCode {
         }
     };
     // The server logs what it does (info); the offline tools only warn.
-    let default_level = if matches!(cli.cmd, Cmd::Dev(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.cmd, Cmd::Dev(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -103,7 +103,7 @@ pub fn random_bytes(buf: &mut [u8]) {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
                 for (i, b) in buf[filled..].iter_mut().enumerate() {
-                    *b = (t >> ((i % 16) * 8)) as u8;
+                    *b = t.to_le_bytes()[i % 16];
                 }
                 return;
             }

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use keel_blockvol::{Completion, Error as EngineError, Handle, Op};
 use keel_pdu::iscsi::digest::{crc32c, crc32c_parts, from_wire, to_wire};
-use keel_pdu::iscsi::{
-    padded_len, RawBhs, BHS_LEN, DataIn, DataOut, Login, LogoutRequest, LogoutResponse, Nop, Pdu, R2t, Reject, Residual,
-    ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse, Text,
-};
 use keel_pdu::iscsi::text::{parse_pairs, push_pair};
+use keel_pdu::iscsi::{
+    padded_len, DataIn, DataOut, Login, LogoutRequest, LogoutResponse, Nop, Pdu, R2t, RawBhs,
+    Reject, Residual, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse, Text, BHS_LEN,
+};
 use keel_pdu::scsi::sense::{asc, key, Sense};
 use keel_pdu::scsi::{parse_cdb, status, Cdb};
 use keel_reactor::{Close, CloseReason, Context, Interest, OutQueue, Protocol, Registration};
@@ -140,8 +140,6 @@ struct Task {
     raw: [u8; 16],
     edtl: u32,
     started: Instant,
-    is_read: bool,
-    is_write: bool,
     work: Work,
     /// Bytes of data-out the command needs (0 when none or rejected).
     want: u32,
@@ -283,11 +281,7 @@ fn engine_sense(e: &EngineError, write: bool) -> (u8, Option<Sense>) {
         _ => (
             status::CHECK_CONDITION,
             Some(Sense::new(
-                if write {
-                    key::MEDIUM_ERROR
-                } else {
-                    key::MEDIUM_ERROR
-                },
+                key::MEDIUM_ERROR,
                 if write {
                     asc::WRITE_ERROR
                 } else {
@@ -414,9 +408,7 @@ impl IscsiConn {
             out.push(&to_wire(crc32c(&b)));
         }
         let pad = padded_len(data.len()) - data.len();
-        let dcrc = self
-            .dd
-            .then(|| crc32c_parts(&[&data, &[0u8; 3][..pad]]));
+        let dcrc = self.dd.then(|| crc32c_parts(&[&data, &[0u8; 3][..pad]]));
         out.push_buf(data);
         if pad > 0 {
             out.push(&[0u8; 3][..pad]);
@@ -539,7 +531,8 @@ impl IscsiConn {
             return Err(self.login_fail(out, &ls, login_status::INITIATOR_ERROR));
         };
         let mut answer: Vec<u8> = Vec::new();
-        let (auth_keys, op_keys): (Vec<(&str, &str)>, Vec<(&str, &str)>) = pairs
+        type Pairs<'a> = Vec<(&'a str, &'a str)>;
+        let (auth_keys, op_keys): (Pairs<'_>, Pairs<'_>) = pairs
             .into_iter()
             .partition(|(k, _)| *k == "AuthMethod" || k.starts_with("CHAP_"));
 
@@ -558,7 +551,11 @@ impl IscsiConn {
             return Err(self.login_fail(out, &ls, login_status::SESSION_NOT_FOUND));
         }
         if !ls.discovery && ls.target.is_none() {
-            let Some(name) = op_keys.iter().find(|(k, _)| *k == "TargetName").map(|p| p.1) else {
+            let Some(name) = op_keys
+                .iter()
+                .find(|(k, _)| *k == "TargetName")
+                .map(|p| p.1)
+            else {
                 return Err(self.login_fail(out, &ls, login_status::MISSING_PARAMETER));
             };
             let Some(t) = self.reg.target(name) else {
@@ -960,8 +957,19 @@ impl IscsiConn {
                 status::CHECK_CONDITION,
                 Some(Sense::new(key::ILLEGAL_REQUEST, (0x20, 0))),
             ),
-            (Ok(Cdb::ReportLuns { .. }), _) => target.lun.plan(cdb.as_ref().map_err(|_| Close::Now)?, &cdb_bytes, &self.nexus),
-            (Ok(Cdb::Inquiry { evpd: false, alloc_len, .. }), false) => {
+            (Ok(Cdb::ReportLuns { .. }), _) => target.lun.plan(
+                cdb.as_ref().map_err(|_| Close::Now)?,
+                &cdb_bytes,
+                &self.nexus,
+            ),
+            (
+                Ok(Cdb::Inquiry {
+                    evpd: false,
+                    alloc_len,
+                    ..
+                }),
+                false,
+            ) => {
                 // Peripheral qualifier 3: no logical unit here.
                 let mut v = vec![0u8; 36];
                 v[0] = 0x7f;
@@ -989,8 +997,6 @@ impl IscsiConn {
             raw,
             edtl: cmd.expected_len,
             started: Instant::now(),
-            is_read: cmd.read,
-            is_write: cmd.write,
             work: Work::None,
             want: 0,
             got: 0,
@@ -1079,7 +1085,11 @@ impl IscsiConn {
             // EDTL and the CDB disagree: process what both allow and
             // report the difference as a residual (FCP-4 / SAM-5 option a:
             // data beyond EDTL is neither requested nor written).
-            let len = if cmd.write { need.min(cmd.expected_len) } else { 0 };
+            let len = if cmd.write {
+                need.min(cmd.expected_len)
+            } else {
+                0
+            };
             if len != need || cmd.expected_len != need {
                 task.resid = Some(residual_for(cmd.expected_len, need));
             }
@@ -1089,7 +1099,9 @@ impl IscsiConn {
                 task.work = Work::None;
             } else {
                 task.want = len;
-                task.data = (0..(len as usize).div_ceil(CHUNK)).map(|_| Vec::new()).collect();
+                task.data = (0..(len as usize).div_ceil(CHUNK))
+                    .map(|_| Vec::new())
+                    .collect();
             }
         }
         // The unsolicited region: immediate data, then (InitialR2T=No)
@@ -1161,7 +1173,7 @@ impl IscsiConn {
             }
             return;
         }
-        if let Some((st, sense, residual, rc)) = t.reject_with.clone() {
+        if let Some((st, sense, residual, rc)) = t.reject_with {
             if !t.unsol_open && t.ops == 0 && t.r2ts.is_empty() {
                 let itt = t.itt;
                 self.free_task(slot);
@@ -1251,7 +1263,11 @@ impl IscsiConn {
         let end = end.unwrap_or(0);
         if d.ttt == NO_TTT {
             if !t.unsol_open || end > t.unsol_end.max(self.neg.first_burst_length.min(t.edtl)) {
-                return Err(self.protocol_error(out, raw_bhs, "unsolicited data beyond FirstBurstLength"));
+                return Err(self.protocol_error(
+                    out,
+                    raw_bhs,
+                    "unsolicited data beyond FirstBurstLength",
+                ));
             }
             if d.data_sn != t.unsol_sn && t.reject_with.is_none() {
                 data_sequence_error(t);
@@ -1293,7 +1309,8 @@ impl IscsiConn {
         let Some(t) = self.tasks[slot].as_mut() else {
             return;
         };
-        let tag = (u64::from(t.serial) << 32) | ((chunk as u64 & 0xfff) << 20) | (slot as u64 & 0xf_ffff);
+        let tag =
+            (u64::from(t.serial) << 32) | ((chunk as u64 & 0xfff) << 20) | (slot as u64 & 0xf_ffff);
         t.ops += 1;
         let Some(h) = self.handle.as_mut() else {
             return;
@@ -1316,11 +1333,11 @@ impl IscsiConn {
         let Some(t) = self.tasks[slot].as_mut() else {
             return;
         };
-        let bs = u64::from(self.block_size);
+
         let work = std::mem::replace(&mut t.work, Work::None);
         match work {
             Work::Write { lba, fua, atomic } => {
-                let bsz = bs as usize;
+                let bsz = self.block_size as usize;
                 let want = t.want as usize;
                 if want % bsz != 0 {
                     // A partial last block (EDTL not a block multiple):
@@ -1534,7 +1551,7 @@ impl IscsiConn {
                 return;
             }
             let off = (i * CHUNK) as u64;
-            let len = (send_total - off).min(CHUNK as u64) as usize;
+            let len = usize::try_from((send_total - off).min(CHUNK as u64)).unwrap_or(CHUNK);
             t.next_submit += 1;
             let buf = vec![0u8; len];
             self.submit_chunk(
@@ -1582,9 +1599,10 @@ impl IscsiConn {
                 self.pump_read(slot, out);
             }
             Work::Data(
-                DataAction::CompareAndWrite { .. } | DataAction::Compare { .. } | DataAction::Or { .. },
-            ) if !t.staged =>
-            {
+                DataAction::CompareAndWrite { .. }
+                | DataAction::Compare { .. }
+                | DataAction::Or { .. },
+            ) if !t.staged => {
                 t.staged = true;
                 let Ok(()) = c.result else {
                     self.maybe_finish(slot, out);
@@ -1609,23 +1627,38 @@ impl IscsiConn {
                                 ),
                             ));
                         } else {
-                            self.submit(slot, Op::Write { lba, buf: data, fua });
+                            self.submit(
+                                slot,
+                                Op::Write {
+                                    lba,
+                                    buf: data,
+                                    fua,
+                                },
+                            );
                         }
                     }
                     Work::Data(DataAction::Or { lba, fua, mut data }) => {
                         for (d, g) in data.iter_mut().zip(&got) {
                             *d |= g;
                         }
-                        self.submit(slot, Op::Write { lba, buf: data, fua });
+                        self.submit(
+                            slot,
+                            Op::Write {
+                                lba,
+                                buf: data,
+                                fua,
+                            },
+                        );
                     }
                     Work::Data(DataAction::Compare { expect, same, .. }) => {
                         let bs = self.block_size as usize;
                         let bad = if same {
-                            got.chunks(bs)
-                                .enumerate()
-                                .find_map(|(i, b)| {
-                                    b.iter().zip(&expect).position(|(x, y)| x != y).map(|p| i * bs + p)
-                                })
+                            got.chunks(bs).enumerate().find_map(|(i, b)| {
+                                b.iter()
+                                    .zip(&expect)
+                                    .position(|(x, y)| x != y)
+                                    .map(|p| i * bs + p)
+                            })
                         } else {
                             got.iter().zip(&expect).position(|(a, b)| a != b)
                         };
@@ -1697,7 +1730,9 @@ impl IscsiConn {
             // engine op is still out.
             let collapse = last_chunk && t.ops == 0;
             let (residual, rc) = residual_for(t.edtl, {
-                let Work::Read { blocks, .. } = t.work else { break };
+                let Work::Read { blocks, .. } = t.work else {
+                    break;
+                };
                 blocks * self.block_size
             });
             let n = buf.len();
@@ -1705,7 +1740,11 @@ impl IscsiConn {
                 let d = DataIn {
                     final_bit: last_chunk,
                     ack: false,
-                    residual: if collapse { residual } else { Residual::default() },
+                    residual: if collapse {
+                        residual
+                    } else {
+                        Residual::default()
+                    },
                     status: collapse.then_some(status::GOOD),
                     data_len: n,
                     lun: t.lun,
@@ -1796,7 +1835,9 @@ impl IscsiConn {
         if matches!(
             t.work,
             Work::Data(
-                DataAction::CompareAndWrite { .. } | DataAction::Compare { .. } | DataAction::Or { .. }
+                DataAction::CompareAndWrite { .. }
+                    | DataAction::Compare { .. }
+                    | DataAction::Or { .. }
             )
         ) && !t.staged
         {
@@ -1806,9 +1847,14 @@ impl IscsiConn {
             return;
         };
         let is_read = matches!(t.work, Work::Read { .. });
-        let (st, sense) = t.error.clone().unwrap_or((status::GOOD, None));
+        let (st, sense) = t.error.unwrap_or((status::GOOD, None));
         let spdtl = match (&t.work, t.want) {
-            (Work::Read { blocks, send: true, .. }, _) => blocks * self.block_size,
+            (
+                Work::Read {
+                    blocks, send: true, ..
+                },
+                _,
+            ) => blocks * self.block_size,
             (_, w) => w,
         };
         let (residual, rc) = t.resid.unwrap_or_else(|| residual_for(t.edtl, spdtl));
@@ -1888,7 +1934,11 @@ impl IscsiConn {
             }
             push_pair(&mut v, "TargetName", &t.spec.iqn);
             for p in &portals {
-                push_pair(&mut v, "TargetAddress", &format!("{p},{}", self.portal.tpgt));
+                push_pair(
+                    &mut v,
+                    "TargetAddress",
+                    &format!("{p},{}", self.portal.tpgt),
+                );
             }
         }
         v
@@ -1970,11 +2020,7 @@ impl IscsiConn {
         }
     }
 
-    fn on_tmf(
-        &mut self,
-        m: &TaskMgmtRequest,
-        out: &mut OutQueue,
-    ) -> Result<(), Close> {
+    fn on_tmf(&mut self, m: &TaskMgmtRequest, out: &mut OutQueue) -> Result<(), Close> {
         self.accept_cmd_sn(m.cmd_sn, m.immediate);
         let mut waiting = Vec::new();
         let mut cold = false;
@@ -2006,7 +2052,7 @@ impl IscsiConn {
                             waiting.push(s);
                         }
                     }
-                    if matches!(m.function, 5 | 6 | 7) {
+                    if matches!(m.function, 5..=7) {
                         if let Some(t) = &self.target {
                             t.lun.reset(&self.nexus);
                         }
@@ -2038,10 +2084,11 @@ impl IscsiConn {
         let mut close = false;
         let mut i = 0;
         while i < self.tmfs.len() {
-            let done = self.tmfs[i]
-                .waiting
-                .iter()
-                .all(|&s| self.tasks.get(s).is_none_or(|t| t.as_ref().is_none_or(|t| !t.aborted)));
+            let done = self.tmfs[i].waiting.iter().all(|&s| {
+                self.tasks
+                    .get(s)
+                    .is_none_or(|t| t.as_ref().is_none_or(|t| !t.aborted))
+            });
             if done {
                 let p = self.tmfs.remove(i);
                 let r = TaskMgmtResponse {
@@ -2093,7 +2140,9 @@ impl IscsiConn {
                         self.send_reject(out, reject::NOT_SUPPORTED, raw);
                         Ok(())
                     }
-                    Pdu::LoginRequest(_) => Err(self.protocol_error(out, raw, "login in full feature phase")),
+                    Pdu::LoginRequest(_) => {
+                        Err(self.protocol_error(out, raw, "login in full feature phase"))
+                    }
                     _ => {
                         self.send_reject(out, reject::NOT_SUPPORTED, raw);
                         Ok(())
@@ -2168,7 +2217,11 @@ impl Protocol for IscsiConn {
         let dlen = raw.data_len();
         if dlen > limit {
             let bad = raw;
-            return Err(self.protocol_error(out, &bad, "data segment longer than MaxRecvDataSegmentLength"));
+            return Err(self.protocol_error(
+                out,
+                &bad,
+                "data segment longer than MaxRecvDataSegmentLength",
+            ));
         }
         let body = keel_pdu::iscsi::body_len(&raw, self.hd, self.dd);
         let total = BHS_LEN + body;

@@ -67,8 +67,8 @@ impl Default for PortalSpec {
 
 /// Latency buckets (upper bounds in microseconds) of [`Histogram`].
 pub const LATENCY_BUCKETS_US: [u64; 16] = [
-    50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 204_800,
-    409_600, 819_200, 1_638_400,
+    50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 204_800, 409_600,
+    819_200, 1_638_400,
 ];
 
 /// A latency histogram with fixed buckets, updated lock-free.
@@ -194,7 +194,10 @@ impl Registry {
 
     /// Export a target (replacing one with the same IQN).
     pub fn add_target(&self, t: Arc<Target>) {
-        let mut v = self.targets.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v = self
+            .targets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         v.retain(|x| x.spec.iqn != t.spec.iqn);
         v.push(t);
     }
@@ -202,7 +205,10 @@ impl Registry {
     /// Stop exporting `iqn`; live sessions are dropped.
     pub fn remove_target(&self, iqn: &str) -> Option<Arc<Target>> {
         let removed = {
-            let mut v = self.targets.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut v = self
+                .targets
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let i = v.iter().position(|x| x.spec.iqn == iqn)?;
             v.remove(i)
         };
@@ -283,7 +289,10 @@ impl Registry {
 
     /// Live sessions.
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        self.lock_sessions().iter().map(|e| e.info.clone()).collect()
+        self.lock_sessions()
+            .iter()
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     /// Drop every session (server shutdown).

@@ -184,7 +184,9 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Escape a label value.
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The `/metrics` text.
@@ -200,22 +202,74 @@ pub fn metrics_text(state: &State) -> String {
         .iter()
         .map(|(l, h)| (l, h, h.target.lun.volume().status()))
         .collect();
-    let counters: [(&str, &str, fn(&keel_blockvol::StatsSnapshot) -> u64); 16] = [
-        ("keel_volume_read_ops_total", "Read operations", |s| s.read_ops),
-        ("keel_volume_read_bytes_total", "Bytes read", |s| s.read_bytes),
-        ("keel_volume_write_ops_total", "Write operations", |s| s.write_ops),
-        ("keel_volume_write_bytes_total", "Bytes written", |s| s.write_bytes),
-        ("keel_volume_fua_writes_total", "Writes with FUA", |s| s.fua_writes),
-        ("keel_volume_trim_ops_total", "Trim (unmap) operations", |s| s.trim_ops),
-        ("keel_volume_zero_ops_total", "Write-zeroes operations", |s| s.zero_ops),
-        ("keel_volume_flush_ops_total", "Flush operations", |s| s.flush_ops),
-        ("keel_volume_fdatasyncs_total", "WAL fdatasync calls", |s| s.fdatasyncs),
-        ("keel_volume_linked_syncs_total", "Linked write+fdatasync chains", |s| s.linked_syncs),
-        ("keel_volume_group_commits_total", "Group commits", |s| s.group_commits),
-        ("keel_volume_group_commit_waiters_total", "Waiters served by group commits", |s| s.group_commit_waiters),
-        ("keel_volume_flusher_runs_total", "Flusher passes", |s| s.flusher_runs),
-        ("keel_volume_flusher_bytes_total", "Bytes written back by the flusher", |s| s.flusher_bytes),
-        ("keel_volume_admission_waits_total", "Writes delayed or held by WAL pressure", |s| s.admission_soft_waits + s.admission_hard_waits),
+    type Counter = (
+        &'static str,
+        &'static str,
+        fn(&keel_blockvol::StatsSnapshot) -> u64,
+    );
+    type Gauge = (
+        &'static str,
+        &'static str,
+        fn(&keel_blockvol::VolumeStatus) -> f64,
+    );
+    let counters: [Counter; 16] = [
+        ("keel_volume_read_ops_total", "Read operations", |s| {
+            s.read_ops
+        }),
+        ("keel_volume_read_bytes_total", "Bytes read", |s| {
+            s.read_bytes
+        }),
+        ("keel_volume_write_ops_total", "Write operations", |s| {
+            s.write_ops
+        }),
+        ("keel_volume_write_bytes_total", "Bytes written", |s| {
+            s.write_bytes
+        }),
+        ("keel_volume_fua_writes_total", "Writes with FUA", |s| {
+            s.fua_writes
+        }),
+        (
+            "keel_volume_trim_ops_total",
+            "Trim (unmap) operations",
+            |s| s.trim_ops,
+        ),
+        (
+            "keel_volume_zero_ops_total",
+            "Write-zeroes operations",
+            |s| s.zero_ops,
+        ),
+        ("keel_volume_flush_ops_total", "Flush operations", |s| {
+            s.flush_ops
+        }),
+        ("keel_volume_fdatasyncs_total", "WAL fdatasync calls", |s| {
+            s.fdatasyncs
+        }),
+        (
+            "keel_volume_linked_syncs_total",
+            "Linked write+fdatasync chains",
+            |s| s.linked_syncs,
+        ),
+        ("keel_volume_group_commits_total", "Group commits", |s| {
+            s.group_commits
+        }),
+        (
+            "keel_volume_group_commit_waiters_total",
+            "Waiters served by group commits",
+            |s| s.group_commit_waiters,
+        ),
+        ("keel_volume_flusher_runs_total", "Flusher passes", |s| {
+            s.flusher_runs
+        }),
+        (
+            "keel_volume_flusher_bytes_total",
+            "Bytes written back by the flusher",
+            |s| s.flusher_bytes,
+        ),
+        (
+            "keel_volume_admission_waits_total",
+            "Writes delayed or held by WAL pressure",
+            |s| s.admission_soft_waits + s.admission_hard_waits,
+        ),
         ("keel_volume_io_errors_total", "I/O errors", |s| s.io_errors),
     ];
     for (name, help, f) in counters {
@@ -224,14 +278,34 @@ pub fn metrics_text(state: &State) -> String {
             line(&mut o, name, l, f(&st.stats));
         }
     }
-    let gauges: [(&str, &str, fn(&keel_blockvol::VolumeStatus) -> f64); 7] = [
-        ("keel_volume_size_bytes", "Volume size", |s| s.info.size as f64),
-        ("keel_volume_wal_size_bytes", "WAL size", |s| s.info.wal_size as f64),
-        ("keel_volume_wal_used_bytes", "WAL bytes not yet written back", |s| s.wal_used as f64),
-        ("keel_volume_wal_used_ratio", "WAL used fraction", |s| s.wal_used_fraction),
-        ("keel_volume_dirty_blocks", "Blocks only in the WAL", |s| s.dirty_blocks as f64),
-        ("keel_volume_flusher_lag_lsn", "Records waiting for write-back", |s| s.flusher_lag_lsn as f64),
-        ("keel_volume_failed", "1 after an I/O error failed the volume", |s| f64::from(u8::from(s.failed.is_some()))),
+    let gauges: [Gauge; 7] = [
+        ("keel_volume_size_bytes", "Volume size", |s| {
+            s.info.size as f64
+        }),
+        ("keel_volume_wal_size_bytes", "WAL size", |s| {
+            s.info.wal_size as f64
+        }),
+        (
+            "keel_volume_wal_used_bytes",
+            "WAL bytes not yet written back",
+            |s| s.wal_used as f64,
+        ),
+        ("keel_volume_wal_used_ratio", "WAL used fraction", |s| {
+            s.wal_used_fraction
+        }),
+        ("keel_volume_dirty_blocks", "Blocks only in the WAL", |s| {
+            s.dirty_blocks as f64
+        }),
+        (
+            "keel_volume_flusher_lag_lsn",
+            "Records waiting for write-back",
+            |s| s.flusher_lag_lsn as f64,
+        ),
+        (
+            "keel_volume_failed",
+            "1 after an I/O error failed the volume",
+            |s| f64::from(u8::from(s.failed.is_some())),
+        ),
     ];
     for (name, help, f) in gauges {
         head(&mut o, name, "gauge", help);
@@ -247,7 +321,12 @@ pub fn metrics_text(state: &State) -> String {
     );
     for (l, _, st) in &stats {
         for (i, n) in st.stats.group_commit_batch_hist.iter().enumerate() {
-            line(&mut o, "keel_volume_group_commit_batch", &format!("{l},bucket=\"{i}\""), n);
+            line(
+                &mut o,
+                "keel_volume_group_commit_batch",
+                &format!("{l},bucket=\"{i}\""),
+                n,
+            );
         }
     }
     for (name, help, pick) in [
@@ -274,27 +353,81 @@ pub fn metrics_text(state: &State) -> String {
             for (i, b) in keel_iscsi::target::LATENCY_BUCKETS_US.iter().enumerate() {
                 cum += buckets[i];
                 let le = *b as f64 / 1e6;
-                line(&mut o, &format!("{name}_bucket"), &format!("{l},le=\"{le}\""), cum);
+                line(
+                    &mut o,
+                    &format!("{name}_bucket"),
+                    &format!("{l},le=\"{le}\""),
+                    cum,
+                );
             }
-            line(&mut o, &format!("{name}_bucket"), &format!("{l},le=\"+Inf\""), count);
+            line(
+                &mut o,
+                &format!("{name}_bucket"),
+                &format!("{l},le=\"+Inf\""),
+                count,
+            );
             line(&mut o, &format!("{name}_sum"), l, sum_us as f64 / 1e6);
             line(&mut o, &format!("{name}_count"), l, count);
         }
     }
-    head(&mut o, "keel_iscsi_check_conditions_total", "counter", "Commands answered with CHECK CONDITION");
+    head(
+        &mut o,
+        "keel_iscsi_check_conditions_total",
+        "counter",
+        "Commands answered with CHECK CONDITION",
+    );
     for (l, h, _) in &stats {
-        line(&mut o, "keel_iscsi_check_conditions_total", l, h.target.stats.check_conditions.load(std::sync::atomic::Ordering::Relaxed));
+        line(
+            &mut o,
+            "keel_iscsi_check_conditions_total",
+            l,
+            h.target
+                .stats
+                .check_conditions
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
     }
-    head(&mut o, "keel_iscsi_login_failures_total", "counter", "Logins refused");
+    head(
+        &mut o,
+        "keel_iscsi_login_failures_total",
+        "counter",
+        "Logins refused",
+    );
     for (l, h, _) in &stats {
-        line(&mut o, "keel_iscsi_login_failures_total", l, h.target.stats.login_failures.load(std::sync::atomic::Ordering::Relaxed));
+        line(
+            &mut o,
+            "keel_iscsi_login_failures_total",
+            l,
+            h.target
+                .stats
+                .login_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
     }
-    head(&mut o, "keel_iscsi_protocol_errors_total", "counter", "Connections dropped for protocol errors");
+    head(
+        &mut o,
+        "keel_iscsi_protocol_errors_total",
+        "counter",
+        "Connections dropped for protocol errors",
+    );
     for (l, h, _) in &stats {
-        line(&mut o, "keel_iscsi_protocol_errors_total", l, h.target.stats.protocol_errors.load(std::sync::atomic::Ordering::Relaxed));
+        line(
+            &mut o,
+            "keel_iscsi_protocol_errors_total",
+            l,
+            h.target
+                .stats
+                .protocol_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
     }
     let sessions = state.registry.sessions();
-    head(&mut o, "keel_iscsi_sessions", "gauge", "Live iSCSI sessions");
+    head(
+        &mut o,
+        "keel_iscsi_sessions",
+        "gauge",
+        "Live iSCSI sessions",
+    );
     for (l, h, _) in &stats {
         let n = sessions
             .iter()
@@ -303,22 +436,87 @@ pub fn metrics_text(state: &State) -> String {
         line(&mut o, "keel_iscsi_sessions", l, n);
     }
     let ps = state.pool.stats();
-    head(&mut o, "keel_buffer_pool_bytes", "gauge", "Buffer pool bytes allocated / in use");
-    line(&mut o, "keel_buffer_pool_bytes", "state=\"allocated\"", ps.allocated_bytes);
-    line(&mut o, "keel_buffer_pool_bytes", "state=\"in_use\"", ps.in_use_bytes);
-    head(&mut o, "keel_buffer_pool_events_total", "counter", "Buffer pool hits, misses, waits, refusals");
-    line(&mut o, "keel_buffer_pool_events_total", "event=\"hit\"", ps.hits);
-    line(&mut o, "keel_buffer_pool_events_total", "event=\"miss\"", ps.misses);
-    line(&mut o, "keel_buffer_pool_events_total", "event=\"wait\"", ps.waits);
-    line(&mut o, "keel_buffer_pool_events_total", "event=\"refusal\"", ps.refusals);
-    head(&mut o, "keel_reactor_iterations_total", "counter", "Reactor loop iterations by outcome");
-    head(&mut o, "keel_reactor_sleeps_total", "counter", "Times a reactor went to sleep");
-    head(&mut o, "keel_reactor_pollers", "gauge", "Pollers (connections, listeners) on a reactor");
+    head(
+        &mut o,
+        "keel_buffer_pool_bytes",
+        "gauge",
+        "Buffer pool bytes allocated / in use",
+    );
+    line(
+        &mut o,
+        "keel_buffer_pool_bytes",
+        "state=\"allocated\"",
+        ps.allocated_bytes,
+    );
+    line(
+        &mut o,
+        "keel_buffer_pool_bytes",
+        "state=\"in_use\"",
+        ps.in_use_bytes,
+    );
+    head(
+        &mut o,
+        "keel_buffer_pool_events_total",
+        "counter",
+        "Buffer pool hits, misses, waits, refusals",
+    );
+    line(
+        &mut o,
+        "keel_buffer_pool_events_total",
+        "event=\"hit\"",
+        ps.hits,
+    );
+    line(
+        &mut o,
+        "keel_buffer_pool_events_total",
+        "event=\"miss\"",
+        ps.misses,
+    );
+    line(
+        &mut o,
+        "keel_buffer_pool_events_total",
+        "event=\"wait\"",
+        ps.waits,
+    );
+    line(
+        &mut o,
+        "keel_buffer_pool_events_total",
+        "event=\"refusal\"",
+        ps.refusals,
+    );
+    head(
+        &mut o,
+        "keel_reactor_iterations_total",
+        "counter",
+        "Reactor loop iterations by outcome",
+    );
+    head(
+        &mut o,
+        "keel_reactor_sleeps_total",
+        "counter",
+        "Times a reactor went to sleep",
+    );
+    head(
+        &mut o,
+        "keel_reactor_pollers",
+        "gauge",
+        "Pollers (connections, listeners) on a reactor",
+    );
     for r in &state.reactor_remotes {
         let c = r.counters();
         let l = format!("reactor=\"{}\"", r.index());
-        line(&mut o, "keel_reactor_iterations_total", &format!("{l},kind=\"busy\""), c.busy_iterations);
-        line(&mut o, "keel_reactor_iterations_total", &format!("{l},kind=\"idle\""), c.idle_iterations);
+        line(
+            &mut o,
+            "keel_reactor_iterations_total",
+            &format!("{l},kind=\"busy\""),
+            c.busy_iterations,
+        );
+        line(
+            &mut o,
+            "keel_reactor_iterations_total",
+            &format!("{l},kind=\"idle\""),
+            c.idle_iterations,
+        );
         line(&mut o, "keel_reactor_sleeps_total", &l, c.sleeps);
         line(&mut o, "keel_reactor_pollers", &l, c.pollers);
     }

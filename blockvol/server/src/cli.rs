@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
 use crate::config::{ServerConfig, VolumeSpec};
 use crate::Server;
+use clap::Parser;
 
 /// Serve keel volumes over iSCSI from polled-mode reactors.
 ///

@@ -278,8 +278,9 @@ pub fn valid_iscsi_name(s: &str) -> bool {
     }
     s.strip_prefix("eui.")
         .is_some_and(|h| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
-        || s.strip_prefix("naa.")
-            .is_some_and(|h| (h.len() == 16 || h.len() == 32) && h.chars().all(|c| c.is_ascii_hexdigit()))
+        || s.strip_prefix("naa.").is_some_and(|h| {
+            (h.len() == 16 || h.len() == 32) && h.chars().all(|c| c.is_ascii_hexdigit())
+        })
 }
 
 impl ServerConfig {
@@ -315,13 +316,15 @@ impl ServerConfig {
         if self.reactor.cores == 0 || self.reactor.cores > 256 {
             return Err(invalid("reactor.cores", "must be 1 to 256"));
         }
-        let poll_mode = self
-            .reactor
-            .poll_mode
-            .parse()
-            .map_err(|e: keel_reactor::ParsePollModeError| invalid("reactor.poll_mode", e.to_string()))?;
-        let buffer_pool = parse_size(&self.reactor.buffer_pool)
-            .map_err(|e| invalid("reactor.buffer_pool", e))?;
+        let poll_mode =
+            self.reactor
+                .poll_mode
+                .parse()
+                .map_err(|e: keel_reactor::ParsePollModeError| {
+                    invalid("reactor.poll_mode", e.to_string())
+                })?;
+        let buffer_pool =
+            parse_size(&self.reactor.buffer_pool).map_err(|e| invalid("reactor.buffer_pool", e))?;
         if buffer_pool < 1 << 20 {
             return Err(invalid("reactor.buffer_pool", "must be at least 1MiB"));
         }
@@ -340,9 +343,11 @@ impl ServerConfig {
         };
         let mut iscsi_listen = Vec::new();
         for a in &self.iscsi.listen {
-            iscsi_listen.push(a.parse::<SocketAddr>().map_err(|e| {
-                invalid("iscsi.listen", format!("{a:?}: {e} (expected IP:PORT)"))
-            })?);
+            iscsi_listen.push(
+                a.parse::<SocketAddr>().map_err(|e| {
+                    invalid("iscsi.listen", format!("{a:?}: {e} (expected IP:PORT)"))
+                })?,
+            );
         }
         for a in &self.iscsi.advertise {
             let ok = a
@@ -358,7 +363,10 @@ impl ServerConfig {
         if !valid_iscsi_name(&format!("{}:x", self.iscsi.iqn_prefix)) {
             return Err(invalid(
                 "iscsi.iqn_prefix",
-                format!("{:?} is not an iSCSI name prefix like iqn.2026-11.com.example", self.iscsi.iqn_prefix),
+                format!(
+                    "{:?} is not an iSCSI name prefix like iqn.2026-11.com.example",
+                    self.iscsi.iqn_prefix
+                ),
             ));
         }
         if let Some(c) = &self.iscsi.discovery_chap {
@@ -368,7 +376,10 @@ impl ServerConfig {
             None
         } else {
             Some(self.admin.listen.parse::<SocketAddr>().map_err(|e| {
-                invalid("admin.listen", format!("{:?}: {e} (expected IP:PORT)", self.admin.listen))
+                invalid(
+                    "admin.listen",
+                    format!("{:?}: {e} (expected IP:PORT)", self.admin.listen),
+                )
             })?)
         };
         let mut sizes = Vec::new();
@@ -378,10 +389,9 @@ impl ServerConfig {
             let key = format!("volume[{i}]");
             let name_ok = !v.name.is_empty()
                 && v.name.len() <= 64
-                && v
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+                && v.name.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_')
+                });
             if !name_ok {
                 return Err(invalid(
                     format!("{key}.name"),
@@ -389,14 +399,23 @@ impl ServerConfig {
                 ));
             }
             if !names.insert(v.name.clone()) {
-                return Err(invalid(format!("{key}.name"), format!("{:?} appears twice", v.name)));
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("{:?} appears twice", v.name),
+                ));
             }
             let iqn = self.iqn_of(v);
             if !valid_iscsi_name(&iqn) {
-                return Err(invalid(format!("{key}.iqn"), format!("{iqn:?} is not a valid iSCSI name")));
+                return Err(invalid(
+                    format!("{key}.iqn"),
+                    format!("{iqn:?} is not a valid iSCSI name"),
+                ));
             }
             if !iqns.insert(iqn.clone()) {
-                return Err(invalid(format!("{key}.iqn"), format!("{iqn:?} appears twice")));
+                return Err(invalid(
+                    format!("{key}.iqn"),
+                    format!("{iqn:?} appears twice"),
+                ));
             }
             for ini in &v.initiators {
                 if !valid_iscsi_name(ini) {
@@ -482,9 +501,15 @@ chap = { user = "u", secret = "123456789012" }
             "[[volume]]\nname = \"a\"\nchap = { user = \"u\", secret = \"short\" }",
             "volume[0].chap.secret",
         );
-        bad("[[volume]]\nname = \"a\"\n[[volume]]\nname = \"a\"", "appears twice");
+        bad(
+            "[[volume]]\nname = \"a\"\n[[volume]]\nname = \"a\"",
+            "appears twice",
+        );
         bad("bogus = 1", "bogus");
-        bad("[[volume]]\nname = \"a\"\niqn = \"IQN.bad\"", "volume[0].iqn");
+        bad(
+            "[[volume]]\nname = \"a\"\niqn = \"IQN.bad\"",
+            "volume[0].iqn",
+        );
     }
 
     #[test]

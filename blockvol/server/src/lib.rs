@@ -190,8 +190,9 @@ impl Server {
                     let peer = stream.peer_addr().ok()?;
                     let local = stream.local_addr().ok()?;
                     let proto = IscsiConn::new(reg.clone(), peer, local);
-                    let conn = Connection::new(stream, proto, ConnectionConfig::default(), None, cx)
-                        .ok()?;
+                    let conn =
+                        Connection::new(stream, proto, ConnectionConfig::default(), None, cx)
+                            .ok()?;
                     Some(Box::new(conn) as Box<dyn Poller>)
                 });
             let l = Listener::bind(&pool, *addr, ListenerConfig::default(), factory)
