@@ -13,6 +13,7 @@
 pub mod chap;
 pub mod lun;
 pub mod params;
+pub mod ratelimit;
 pub mod session;
 pub mod target;
 

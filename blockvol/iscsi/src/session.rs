@@ -440,7 +440,9 @@ impl IscsiConn {
         if let Some(t) = &self.target {
             t.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::debug!(peer = %self.peer, why, "iSCSI protocol error; dropping the connection");
+        if let Some(suppressed) = crate::ratelimit::CONNECTION_EVENTS.allow() {
+            tracing::info!(peer = %self.peer, why, suppressed, "iSCSI protocol error; dropping the connection");
+        }
         self.send_reject(out, reject::PROTOCOL_ERROR, bad);
         Close::AfterFlush
     }
@@ -451,13 +453,16 @@ impl IscsiConn {
         if let Some(t) = &ls.target {
             t.stats.login_failures.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::info!(
-            peer = %self.peer,
-            initiator = ls.initiator.as_deref().unwrap_or("?"),
-            class = st.0,
-            detail = st.1,
-            "iSCSI login refused"
-        );
+        if let Some(suppressed) = crate::ratelimit::CONNECTION_EVENTS.allow() {
+            tracing::info!(
+                peer = %self.peer,
+                initiator = ls.initiator.as_deref().unwrap_or("?"),
+                class = st.0,
+                detail = st.1,
+                suppressed,
+                "iSCSI login refused"
+            );
+        }
         let r = Login {
             transit: false,
             continue_bit: false,
@@ -787,13 +792,15 @@ impl IscsiConn {
         };
         self.tsih = tsih;
         self.kill = Some(kill);
-        tracing::info!(
-            peer = %self.peer,
-            initiator = %self.nexus.initiator,
-            target = ls.target.as_ref().map_or("discovery", |t| t.spec.iqn.as_str()),
-            tsih,
-            "iSCSI login"
-        );
+        if crate::ratelimit::CONNECTION_EVENTS.allow().is_some() {
+            tracing::info!(
+                peer = %self.peer,
+                initiator = %self.nexus.initiator,
+                target = ls.target.as_ref().map_or("discovery", |t| t.spec.iqn.as_str()),
+                tsih,
+                "iSCSI login"
+            );
+        }
         Ok(tsih)
     }
 
@@ -2157,14 +2164,18 @@ impl IscsiConn {
         match &self.phase {
             Phase::Login(ls) => {
                 if now.duration_since(ls.started) > self.portal.login_timeout {
-                    tracing::info!(peer = %self.peer, "iSCSI login timed out");
+                    if crate::ratelimit::CONNECTION_EVENTS.allow().is_some() {
+                        tracing::info!(peer = %self.peer, "iSCSI login timed out");
+                    }
                     return Err(Close::Now);
                 }
             }
             Phase::Full => {
                 if let Some((_, sent)) = self.ping {
                     if now.duration_since(sent) > self.portal.nop_timeout {
-                        tracing::info!(peer = %self.peer, "initiator did not answer NOP-In; dropping the connection");
+                        if crate::ratelimit::CONNECTION_EVENTS.allow().is_some() {
+                            tracing::info!(peer = %self.peer, "initiator did not answer NOP-In; dropping the connection");
+                        }
                         return Err(Close::Now);
                     }
                 } else if now.duration_since(self.last_rx) > self.portal.nop_interval
