@@ -1888,3 +1888,245 @@ fn supported_opcodes(rctd: bool, options: u8, opcode: u8, sa: u16) -> Result<Vec
         _ => Err(invalid_cdb(2)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_blockvol::{CreateOptions, VolumeConfig};
+    use keel_pdu::scsi::parse_cdb;
+
+    fn lun() -> (tempfile::TempDir, Lun) {
+        let d = tempfile::tempdir().unwrap();
+        let v = Volume::create(
+            &d.path().join("v.keel"),
+            &CreateOptions::new(16 << 20),
+            &VolumeConfig::default(),
+        )
+        .unwrap();
+        (d, Lun::new(Arc::new(v), "iqn.2026-11.io.keel:t"))
+    }
+
+    fn nexus(n: &str) -> Nexus {
+        Nexus {
+            initiator: format!("iqn.2026-11.io.keel.test:{n}"),
+            isid: [0x80, 0, 0, 0, 0, 1],
+        }
+    }
+
+    fn plan(l: &Lun, cdb: &[u8], n: &Nexus) -> Action {
+        l.plan(&parse_cdb(cdb).unwrap(), cdb, n)
+    }
+
+    fn sense_of(a: &Action) -> Option<(u8, (u8, u8))> {
+        match a {
+            Action::Status(2, Some(s)) => Some((s.key, s.asc)),
+            _ => None,
+        }
+    }
+
+    fn data(a: Action) -> Vec<u8> {
+        match a {
+            Action::Data(v) => v,
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vpd_pages_are_consistent() {
+        let (_d, l) = lun();
+        let a = nexus("a");
+        let pages = data(plan(&l, &[0x12, 1, 0, 0, 255, 0], &a));
+        assert_eq!(&pages[4..], &[0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]);
+        for &p in &pages[4..] {
+            let v = data(plan(&l, &[0x12, 1, p, 1, 0, 0], &a));
+            assert_eq!(v[1], p);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([v[2], v[3]])) + 4,
+                v.len(),
+                "page {p:#x}"
+            );
+        }
+        let id = data(plan(&l, &[0x12, 1, 0x83, 1, 0, 0], &a));
+        assert_eq!(&id[4..8], &[0x01, 0x03, 0x00, 16], "NAA designator first");
+        assert_eq!(id[8] >> 4, 6);
+        // Unknown page, and a page code without EVPD.
+        assert_eq!(
+            sense_of(&plan(&l, &[0x12, 1, 0x99, 0, 255, 0], &a)),
+            Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB))
+        );
+        assert_eq!(
+            sense_of(&plan(&l, &[0x12, 0, 0x80, 0, 255, 0], &a)),
+            Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB))
+        );
+        // The allocation length cuts the answer.
+        assert_eq!(data(plan(&l, &[0x12, 0, 0, 0, 5, 0], &a)).len(), 5);
+    }
+
+    #[test]
+    fn mode_select_switches_the_engine_write_cache() {
+        let (_d, l) = lun();
+        let a = nexus("a");
+        let cdb = [0x1a, 0x08, 0x08, 0, 255, 0];
+        let ms = data(plan(&l, &cdb, &a));
+        assert_eq!(ms[4] & 0x3f, 0x08);
+        assert_ne!(ms[6] & 0x04, 0, "WCE on by default");
+        // MODE SELECT(6) of the caching page with WCE off.
+        let mut param = vec![0u8, 0, 0, 0];
+        let mut page = ms[4..].to_vec();
+        page[2] &= !0x04;
+        param.extend_from_slice(&page);
+        let sel = [0x15, 0x10, 0, 0, u8::try_from(param.len()).unwrap(), 0];
+        let c = parse_cdb(&sel).unwrap();
+        assert!(matches!(l.plan(&c, &sel, &a), Action::NeedData { .. }));
+        assert!(matches!(
+            l.with_data(&c, &sel, param.clone(), &a),
+            DataAction::Status(0, None)
+        ));
+        assert!(!l.volume().write_cache());
+        let ms = data(plan(&l, &cdb, &a));
+        assert_eq!(ms[6] & 0x04, 0);
+        // Changing anything else is refused.
+        param[4 + 3] = 0xff;
+        assert!(matches!(
+            l.with_data(&c, &sel, param, &a),
+            DataAction::Status(2, Some(s)) if s.asc == ASC_INVALID_PARAM
+        ));
+        // Saved pages do not exist.
+        assert_eq!(
+            sense_of(&plan(&l, &[0x1a, 0, 0xc8, 0, 255, 0], &a)),
+            Some((key::ILLEGAL_REQUEST, ASC_SAVING_NOT_SUPPORTED))
+        );
+    }
+
+    fn prout(l: &Lun, n: &Nexus, action: u8, kind: u8, rkey: u64, sakey: u64) -> DataAction {
+        let cdb = [0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0];
+        let c = parse_cdb(&cdb).unwrap();
+        assert!(matches!(l.plan(&c, &cdb, n), Action::NeedData { len: 24 }));
+        let mut p = vec![0u8; 24];
+        p[..8].copy_from_slice(&rkey.to_be_bytes());
+        p[8..16].copy_from_slice(&sakey.to_be_bytes());
+        l.with_data(&c, &cdb, p, n)
+    }
+
+    #[test]
+    fn persistent_reservations_fence_other_initiators() {
+        let (_d, l) = lun();
+        let (a, b) = (nexus("a"), nexus("b"));
+        let good = |d: DataAction| assert!(matches!(d, DataAction::Status(0, None)), "{d:?}");
+        good(prout(&l, &a, 0, 0, 0, 0xa));
+        good(prout(&l, &b, 0, 0, 0, 0xb));
+        // Write Exclusive held by A.
+        good(prout(&l, &a, 1, pr_type::WE, 0xa, 0));
+        let write = [0x2a, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+        let read = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
+        assert!(matches!(plan(&l, &write, &a), Action::Write { .. }));
+        assert!(matches!(
+            plan(&l, &write, &b),
+            Action::Status(status::RESERVATION_CONFLICT, None)
+        ));
+        assert!(matches!(plan(&l, &read, &b), Action::Read { .. }));
+        // A wrong key conflicts; B preempts A with A's key.
+        assert!(matches!(
+            prout(&l, &b, 1, pr_type::WE, 0xbad, 0),
+            DataAction::Status(status::RESERVATION_CONFLICT, None)
+        ));
+        good(prout(&l, &b, 4, pr_type::EA, 0xb, 0xa));
+        // A lost its registration: a unit attention first, then conflicts
+        // on reads too (exclusive access).
+        assert_eq!(
+            sense_of(&plan(&l, &read, &a)),
+            Some((key::UNIT_ATTENTION, asc::REGISTRATIONS_PREEMPTED))
+        );
+        assert!(matches!(
+            plan(&l, &read, &a),
+            Action::Status(status::RESERVATION_CONFLICT, None)
+        ));
+        // READ KEYS shows only B; READ RESERVATION shows B's EA.
+        let keys = data(plan(&l, &[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &a));
+        assert_eq!(u32::from_be_bytes([keys[4], keys[5], keys[6], keys[7]]), 8);
+        assert_eq!(&keys[8..16], &0xbu64.to_be_bytes());
+        let res = data(plan(&l, &[0x5e, 1, 0, 0, 0, 0, 0, 1, 0, 0], &a));
+        assert_eq!(&res[8..16], &0xbu64.to_be_bytes());
+        assert_eq!(res[21] & 0x0f, pr_type::EA);
+        // Release with the wrong type is an error; the right one frees it.
+        assert!(matches!(
+            prout(&l, &b, 2, pr_type::WE, 0xb, 0),
+            DataAction::Status(2, Some(_))
+        ));
+        good(prout(&l, &b, 2, pr_type::EA, 0xb, 0));
+        assert!(matches!(plan(&l, &write, &a), Action::Write { .. }));
+    }
+
+    #[test]
+    fn spc2_reservations_and_reset() {
+        let (_d, l) = lun();
+        let (a, b) = (nexus("a"), nexus("b"));
+        l.nexus_joined(&a);
+        l.nexus_joined(&b);
+        assert!(matches!(
+            plan(&l, &[0x16, 0, 0, 0, 0, 0], &a),
+            Action::Status(0, None)
+        ));
+        let tur = [0u8; 6];
+        assert!(matches!(
+            plan(&l, &tur, &b),
+            Action::Status(status::RESERVATION_CONFLICT, None)
+        ));
+        assert!(matches!(
+            plan(&l, &[0x12, 0, 0, 0, 36, 0], &b),
+            Action::Data(_)
+        ));
+        // A LU reset releases it and tells both nexuses.
+        l.reset(&a);
+        assert_eq!(
+            sense_of(&plan(&l, &tur, &b)),
+            Some((key::UNIT_ATTENTION, (0x29, 0x03)))
+        );
+        assert_eq!(
+            sense_of(&plan(&l, &tur, &a)),
+            Some((key::UNIT_ATTENTION, (0x29, 0x03)))
+        );
+        assert!(matches!(plan(&l, &tur, &b), Action::Status(0, None)));
+        // A nexus that leaves gives up its SPC-2 reservation.
+        assert!(matches!(
+            plan(&l, &[0x16, 0, 0, 0, 0, 0], &b),
+            Action::Status(0, None)
+        ));
+        l.nexus_lost(&b);
+        assert!(matches!(plan(&l, &tur, &a), Action::Status(0, None)));
+    }
+
+    #[test]
+    fn unmap_parameter_lists_are_checked() {
+        let (_d, l) = lun();
+        let a = nexus("a");
+        let blocks = l.blocks();
+        let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+        let c = parse_cdb(&cdb).unwrap();
+        let list = |lba: u64, n: u32, desc_len: u16| {
+            let mut p = vec![0u8; 24];
+            p[0..2].copy_from_slice(&(desc_len + 6).to_be_bytes());
+            p[2..4].copy_from_slice(&desc_len.to_be_bytes());
+            p[8..16].copy_from_slice(&lba.to_be_bytes());
+            p[16..20].copy_from_slice(&n.to_be_bytes());
+            p
+        };
+        assert!(
+            matches!(l.with_data(&c, &cdb, list(0, 8, 16), &a), DataAction::Trim(r) if r == vec![(0, 8)])
+        );
+        assert!(matches!(
+            l.with_data(&c, &cdb, list(blocks - 1, 2, 16), &a),
+            DataAction::Status(2, Some(s)) if s.asc == asc::LBA_OUT_OF_RANGE
+        ));
+        assert!(matches!(
+            l.with_data(&c, &cdb, list(0, 8, 17), &a),
+            DataAction::Status(2, Some(s)) if s.asc == ASC_PARAM_LIST_LENGTH
+        ));
+        // COMPARE AND WRITE of zero blocks with data is malformed.
+        let caw = [0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            sense_of(&plan(&l, &caw, &a)),
+            Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB))
+        );
+    }
+}
