@@ -23,6 +23,8 @@ pub struct ServerProcess {
     pub iscsi: SocketAddr,
     /// Admin endpoint.
     pub admin: SocketAddr,
+    /// NVMe/TCP portal.
+    pub nvmf: SocketAddr,
     /// Data directory.
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
@@ -55,6 +57,7 @@ impl ServerProcess {
     ) -> ServerProcess {
         let iscsi: SocketAddr = format!("127.0.0.1:{iscsi_port}").parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let nvmf: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cmd = Command::new(server_bin);
         cmd.arg("--data-dir")
             .arg(data_dir)
@@ -62,6 +65,8 @@ impl ServerProcess {
             .arg(iscsi.to_string())
             .arg("--admin-listen")
             .arg(admin.to_string())
+            .arg("--nvmf-listen")
+            .arg(nvmf.to_string())
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -93,12 +98,13 @@ impl ServerProcess {
             child,
             iscsi,
             admin,
+            nvmf,
             data_dir: data_dir.to_owned(),
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if TcpStream::connect(iscsi).is_ok() {
+            if TcpStream::connect(iscsi).is_ok() && TcpStream::connect(nvmf).is_ok() {
                 break;
             }
             if let Ok(Some(st)) = s.child.try_wait() {

@@ -27,7 +27,8 @@ enum Cmd {
     ///
     /// Hosts one volume, `vol0` (DATA_DIR/vol0.keel, created on the first
     /// start, reused with its data afterwards), exported over iSCSI as
-    /// iqn.2026-11.io.keel:vol0 LUN 0, with the admin endpoint (GET /status,
+    /// iqn.2026-11.io.keel:vol0 LUN 0 and over NVMe/TCP as
+    /// nqn.2026-11.io.keel:vol0 namespace 1, with the admin endpoint (GET /status,
     /// GET /metrics) beside it. Prints how to connect, then serves until
     /// SIGINT (Ctrl-C) or SIGTERM and shuts down cleanly. Logs go to stderr
     /// (RUST_LOG, default info). For production use `keel-volume` with a
@@ -112,6 +113,14 @@ struct DevArgs {
     /// initiator connected to.
     #[arg(long, value_name = "HOST:PORT")]
     iscsi_advertise: Option<String>,
+    /// NVMe/TCP listen address ("" turns NVMe/TCP off).
+    #[arg(long, default_value = "127.0.0.1:4420", value_name = "ADDR")]
+    nvmf_listen: String,
+    /// Address the NVMe discovery log reports (HOST:PORT), e.g.
+    /// 10.0.2.2:4420 for a qemu guest; default: the address the host
+    /// connected to.
+    #[arg(long, value_name = "HOST:PORT")]
+    nvmf_advertise: Option<String>,
     /// Admin HTTP listen address ("" turns it off).
     #[arg(long, default_value = "127.0.0.1:9480", value_name = "ADDR")]
     admin_listen: String,
@@ -131,6 +140,11 @@ fn dev(a: DevArgs) -> Result<i32, (String, i32)> {
     };
     cfg.iscsi.listen = vec![a.iscsi_listen];
     cfg.iscsi.advertise = a.iscsi_advertise.into_iter().collect();
+    cfg.nvmf.listen = [a.nvmf_listen]
+        .into_iter()
+        .filter(|x| !x.is_empty())
+        .collect();
+    cfg.nvmf.advertise = a.nvmf_advertise.into_iter().collect();
     cfg.admin.listen = a.admin_listen;
     cfg.reactor.poll_mode = a.poll_mode;
     cfg.engine.backend = a.backend;
@@ -141,6 +155,8 @@ fn dev(a: DevArgs) -> Result<i32, (String, i32)> {
         initiators: Vec::new(),
         chap: None,
         mutual_chap: None,
+        nqn: None,
+        hosts: Vec::new(),
     }];
     let server = keel_volume::Server::start(&cfg).map_err(|e| (format!("{e:#}"), 1))?;
     let iqn = cfg.iqn_of(&cfg.volumes[0]);
@@ -166,6 +182,10 @@ fn dev(a: DevArgs) -> Result<i32, (String, i32)> {
         vol.path.display()
     );
     println!("  iSCSI target {iqn}, LUN 0, portal {portal}");
+    let nqn = cfg.nqn_of(&cfg.volumes[0]);
+    if let Some(n) = server.nvmf_addrs().first() {
+        println!("  NVMe/TCP subsystem {nqn}, namespace 1, portal {n}");
+    }
     if let Some(a) = server.admin_addr() {
         println!("  admin        http://{a}/status  http://{a}/metrics");
     }
@@ -175,6 +195,14 @@ fn dev(a: DevArgs) -> Result<i32, (String, i32)> {
     println!("  iscsi-inq iscsi://{portal}/{iqn}/0");
     println!("  iscsiadm -m discovery -t sendtargets -p {host}:{port}");
     println!("  iscsiadm -m node -T {iqn} -p {host}:{port} --login");
+    if let Some(n) = server.nvmf_addrs().first() {
+        println!("  nvme discover -t tcp -a {} -s {}", n.ip(), n.port());
+        println!(
+            "  nvme connect -t tcp -a {} -s {} -n {nqn}",
+            n.ip(),
+            n.port()
+        );
+    }
     println!("Ctrl-C (SIGINT) or SIGTERM stops the server.");
     keel_volume::wait_for_signal().map_err(|e| (format!("{e:#}"), 1))?;
     eprintln!("keel dev: shutting down");

@@ -1,8 +1,16 @@
 //! keel NVMe/TCP target.
 //!
-//! Will hold the discovery subsystem, one NVM subsystem per volume, admin and
-//! I/O queues over several connections of an association, Identify, features,
-//! log pages, Keep Alive, AER, ANA, and the mapping of engine errors to NVMe
-//! status. Wire formats come from `keel-pdu`; it runs on `keel-reactor` and
-//! drives volumes through the non-blocking handle API of `keel-blockvol`.
+//! - [`identify`]: Identify data, log pages (SMART, ANA, changed namespaces,
+//!   discovery) and properties.
+//! - [`subsystem`]: NVM subsystems (one volume each, namespace 1, one ANA
+//!   group), controllers (associations) with keep-alive and asynchronous
+//!   events, the discovery service.
+//! - [`conn`]: one connection (queue) as a reactor protocol.
 #![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod identify;
+pub mod subsystem;
+
+pub use conn::NvmeConn;
+pub use subsystem::{NvmfTarget, PortalSpec, Subsystem, SubsystemSpec, DISCOVERY_NQN};

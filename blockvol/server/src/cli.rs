@@ -6,7 +6,7 @@ use crate::config::{ServerConfig, VolumeSpec};
 use crate::Server;
 use clap::Parser;
 
-/// Serve keel volumes over iSCSI from polled-mode reactors.
+/// Serve keel volumes over iSCSI and NVMe/TCP from polled-mode reactors.
 ///
 /// Settings come from the TOML file given with --config (see
 /// docs/volume-server.md for every key); flags override it. Runs in the
@@ -27,6 +27,13 @@ pub struct Args {
     /// Portal returned by SendTargets, HOST:PORT (repeatable).
     #[arg(long, value_name = "HOST:PORT")]
     iscsi_advertise: Vec<String>,
+    /// NVMe/TCP listen address (repeatable; replaces the file's list; ""
+    /// turns NVMe/TCP off).
+    #[arg(long, value_name = "ADDR")]
+    nvmf_listen: Vec<String>,
+    /// Address the NVMe discovery log reports, HOST:PORT (repeatable).
+    #[arg(long, value_name = "HOST:PORT")]
+    nvmf_advertise: Vec<String>,
     /// Admin HTTP listen address; "" turns it off (default 127.0.0.1:9480).
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
@@ -83,6 +90,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.iscsi_advertise.is_empty() {
         cfg.iscsi.advertise = args.iscsi_advertise;
     }
+    if !args.nvmf_listen.is_empty() {
+        cfg.nvmf.listen = args
+            .nvmf_listen
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
+    }
+    if !args.nvmf_advertise.is_empty() {
+        cfg.nvmf.advertise = args.nvmf_advertise;
+    }
     if let Some(a) = args.admin_listen {
         cfg.admin.listen = a;
     }
@@ -108,6 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             initiators: Vec::new(),
             chap: None,
             mutual_chap: None,
+            nqn: None,
+            hosts: Vec::new(),
         });
     }
     cfg.validate()?;

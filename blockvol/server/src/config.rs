@@ -36,6 +36,9 @@ use serde::Deserialize;
 
 use crate::size::parse_size;
 
+/// Default NQN prefix of exported volumes.
+pub const DEFAULT_NQN_PREFIX: &str = "nqn.2026-11.io.keel";
+
 /// Default IQN prefix of exported volumes.
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.io.keel";
 
@@ -100,6 +103,11 @@ pub struct VolumeSpec {
     pub initiators: Vec<String>,
     /// CHAP the initiator must pass.
     pub chap: Option<ChapConfig>,
+    /// NVMe subsystem NQN (default `<nqn_prefix>:<name>`).
+    pub nqn: Option<String>,
+    /// Host NQNs allowed over NVMe/TCP; empty allows any.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Credentials for mutual CHAP.
     pub mutual_chap: Option<ChapConfig>,
 }
@@ -181,6 +189,29 @@ impl Default for IscsiSection {
     }
 }
 
+/// NVMe/TCP settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NvmfSection {
+    /// Listen addresses (empty: NVMe/TCP off).
+    pub listen: Vec<String>,
+    /// Addresses the discovery log reports (`host:port`); empty: the
+    /// address the host connected to.
+    pub advertise: Vec<String>,
+    /// Prefix of default subsystem NQNs.
+    pub nqn_prefix: String,
+}
+
+impl Default for NvmfSection {
+    fn default() -> Self {
+        NvmfSection {
+            listen: vec!["127.0.0.1:4420".into()],
+            advertise: Vec::new(),
+            nqn_prefix: DEFAULT_NQN_PREFIX.into(),
+        }
+    }
+}
+
 /// Admin HTTP settings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -209,6 +240,8 @@ pub struct ServerConfig {
     pub engine: EngineSection,
     /// iSCSI.
     pub iscsi: IscsiSection,
+    /// NVMe/TCP.
+    pub nvmf: NvmfSection,
     /// Admin HTTP.
     pub admin: AdminSection,
     /// Volumes to host.
@@ -223,6 +256,7 @@ impl Default for ServerConfig {
             reactor: ReactorSection::default(),
             engine: EngineSection::default(),
             iscsi: IscsiSection::default(),
+            nvmf: NvmfSection::default(),
             admin: AdminSection::default(),
             volumes: Vec::new(),
         }
@@ -234,6 +268,8 @@ impl Default for ServerConfig {
 pub struct Validated {
     /// iSCSI listen addresses.
     pub iscsi_listen: Vec<SocketAddr>,
+    /// NVMe/TCP listen addresses.
+    pub nvmf_listen: Vec<SocketAddr>,
     /// Admin address.
     pub admin_listen: Option<SocketAddr>,
     /// Poll mode.
@@ -283,6 +319,23 @@ pub fn valid_iscsi_name(s: &str) -> bool {
         })
 }
 
+/// Whether `s` is an NVMe Qualified Name: `nqn.YYYY-MM.reversed.domain:x`
+/// or the UUID form, at most 223 bytes (NVMe Base 2.0 §4.5).
+pub fn valid_nqn(s: &str) -> bool {
+    if s.len() > 223 || s.chars().any(|c| c.is_control() || c == ' ') {
+        return false;
+    }
+    let Some(rest) = s.strip_prefix("nqn.") else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.len() > 8
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'.'
+}
+
 impl ServerConfig {
     /// Read a TOML file.
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
@@ -301,6 +354,13 @@ impl ServerConfig {
         v.iqn
             .clone()
             .unwrap_or_else(|| format!("{}:{}", self.iscsi.iqn_prefix, v.name))
+    }
+
+    /// The NQN volume `v` is exported as.
+    pub fn nqn_of(&self, v: &VolumeSpec) -> String {
+        v.nqn
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.nvmf.nqn_prefix, v.name))
     }
 
     /// The file of volume `v`.
@@ -348,6 +408,31 @@ impl ServerConfig {
                     invalid("iscsi.listen", format!("{a:?}: {e} (expected IP:PORT)"))
                 })?,
             );
+        }
+        let mut nvmf_listen = Vec::new();
+        for a in &self.nvmf.listen {
+            nvmf_listen.push(
+                a.parse::<SocketAddr>().map_err(|e| {
+                    invalid("nvmf.listen", format!("{a:?}: {e} (expected IP:PORT)"))
+                })?,
+            );
+        }
+        for a in &self.nvmf.advertise {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(invalid("nvmf.advertise", format!("{a:?} is not HOST:PORT")));
+            }
+        }
+        if !valid_nqn(&format!("{}:x", self.nvmf.nqn_prefix)) {
+            return Err(invalid(
+                "nvmf.nqn_prefix",
+                format!(
+                    "{:?} is not an NQN prefix like nqn.2026-11.com.example",
+                    self.nvmf.nqn_prefix
+                ),
+            ));
         }
         for a in &self.iscsi.advertise {
             let ok = a
@@ -411,6 +496,21 @@ impl ServerConfig {
                     format!("{iqn:?} is not a valid iSCSI name"),
                 ));
             }
+            let nqn = self.nqn_of(v);
+            if !valid_nqn(&nqn) {
+                return Err(invalid(
+                    format!("{key}.nqn"),
+                    format!("{nqn:?} is not a valid NQN"),
+                ));
+            }
+            for h in &v.hosts {
+                if !valid_nqn(h) {
+                    return Err(invalid(
+                        format!("{key}.hosts"),
+                        format!("{h:?} is not a valid NQN"),
+                    ));
+                }
+            }
             if !iqns.insert(iqn.clone()) {
                 return Err(invalid(
                     format!("{key}.iqn"),
@@ -442,6 +542,7 @@ impl ServerConfig {
         }
         Ok(Validated {
             iscsi_listen,
+            nvmf_listen,
             admin_listen,
             poll_mode,
             backend,

@@ -46,6 +46,8 @@ pub struct Hosted {
     pub path: PathBuf,
     /// The iSCSI target over it.
     pub target: Arc<Target>,
+    /// The NVMe subsystem over it.
+    pub subsystem: Arc<keel_nvmf::Subsystem>,
 }
 
 /// What the admin endpoint reads.
@@ -55,6 +57,10 @@ pub struct State {
     pub volumes: Vec<Hosted>,
     /// iSCSI targets and sessions.
     pub registry: Arc<Registry>,
+    /// NVMe/TCP subsystems and controllers.
+    pub nvmf: Arc<keel_nvmf::NvmfTarget>,
+    /// Bound NVMe/TCP addresses.
+    pub nvmf_addrs: Vec<SocketAddr>,
     /// Poll mode in use.
     pub poll_mode: PollMode,
     /// Reactor threads.
@@ -112,6 +118,10 @@ impl Server {
             ..PortalSpec::default()
         };
         let registry = Registry::new(portal);
+        let nvmf = keel_nvmf::NvmfTarget::new(keel_nvmf::PortalSpec {
+            advertise: cfg.nvmf.advertise.clone(),
+            ..keel_nvmf::PortalSpec::default()
+        });
         let mut volumes = Vec::new();
         for (spec, size) in cfg.volumes.iter().zip(&v.sizes) {
             let path = cfg.path_of(spec);
@@ -152,6 +162,15 @@ impl Server {
                 backend = status.backend,
                 "volume ready"
             );
+            let vol = Arc::new(vol);
+            let subsystem = Arc::new(keel_nvmf::Subsystem::new(
+                keel_nvmf::SubsystemSpec {
+                    nqn: cfg.nqn_of(spec),
+                    hosts: spec.hosts.clone(),
+                },
+                vol.clone(),
+            ));
+            nvmf.add_subsystem(subsystem.clone());
             let target = Arc::new(Target::new(
                 TargetSpec {
                     iqn: cfg.iqn_of(spec),
@@ -160,13 +179,14 @@ impl Server {
                     chap: creds(&spec.chap),
                     mutual_chap: creds(&spec.mutual_chap),
                 },
-                Arc::new(vol),
+                vol,
             ));
             registry.add_target(target.clone());
             volumes.push(Hosted {
                 name: spec.name.clone(),
                 path,
                 target,
+                subsystem,
             });
         }
 
@@ -201,9 +221,30 @@ impl Server {
             iscsi_addrs.push(l.local_addr());
             listeners.push(l);
         }
+        let mut nvmf_addrs = Vec::new();
+        for addr in &v.nvmf_listen {
+            let t = nvmf.clone();
+            let factory: keel_reactor::ConnectionFactory =
+                Arc::new(move |stream: TcpStream, cx: &mut keel_reactor::Context| {
+                    let peer = stream.peer_addr().ok()?;
+                    let local = stream.local_addr().ok()?;
+                    let proto = keel_nvmf::NvmeConn::new(t.clone(), peer, local);
+                    let conn =
+                        Connection::new(stream, proto, ConnectionConfig::default(), None, cx)
+                            .ok()?;
+                    Some(Box::new(conn) as Box<dyn Poller>)
+                });
+            let l = Listener::bind(&pool, *addr, ListenerConfig::default(), factory)
+                .with_context(|| format!("cannot listen for NVMe/TCP on {addr}"))?;
+            tracing::info!(addr = %l.local_addr(), "NVMe/TCP portal listening");
+            nvmf_addrs.push(l.local_addr());
+            listeners.push(l);
+        }
         let state = Arc::new(State {
             volumes,
             registry,
+            nvmf,
+            nvmf_addrs,
             poll_mode: pool.poll_mode(),
             reactors: pool.len(),
             iscsi_addrs,
@@ -233,6 +274,11 @@ impl Server {
         &self.state.iscsi_addrs
     }
 
+    /// Bound NVMe/TCP addresses.
+    pub fn nvmf_addrs(&self) -> &[SocketAddr] {
+        &self.state.nvmf_addrs
+    }
+
     /// Bound admin address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(admin::AdminServer::addr)
@@ -244,6 +290,8 @@ impl Server {
             l.close();
         }
         self.state.registry.kill_all();
+        let _subsystems = self.state.nvmf.clear();
+        drop(_subsystems);
         if let Some(mut p) = self.pool.take() {
             // Stopping a reactor shuts its connections down; each closes its
             // engine handle after the operations in flight.
@@ -258,7 +306,9 @@ impl Server {
         for t in state.registry.targets() {
             state.registry.remove_target(&t.spec.iqn);
         }
+        drop(state.nvmf);
         for h in state.volumes {
+            drop(h.subsystem);
             let target = Arc::try_unwrap(h.target);
             let closed = match target {
                 Ok(t) => match Arc::try_unwrap(t.lun) {
