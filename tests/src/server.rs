@@ -30,6 +30,11 @@ pub struct ServerProcess {
     log: Arc<Mutex<String>>,
 }
 
+/// The NQN of a volume named `name` with the default prefix.
+pub fn nqn(name: &str) -> String {
+    format!("nqn.2026-11.io.keel:{name}")
+}
+
 /// The IQN of a volume named `name` with the default prefix.
 pub fn iqn(name: &str) -> String {
     format!("iqn.2026-11.io.keel:{name}")
@@ -55,9 +60,28 @@ impl ServerProcess {
         extra: &[&str],
         iscsi_port: u16,
     ) -> ServerProcess {
+        Self::start_ports(
+            server_bin,
+            data_dir,
+            volumes,
+            extra,
+            iscsi_port,
+            free_port(),
+        )
+    }
+
+    /// [`ServerProcess::start`] with both portals on given ports.
+    pub fn start_ports(
+        server_bin: &Path,
+        data_dir: &Path,
+        volumes: &[&str],
+        extra: &[&str],
+        iscsi_port: u16,
+        nvmf_port: u16,
+    ) -> ServerProcess {
         let iscsi: SocketAddr = format!("127.0.0.1:{iscsi_port}").parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let nvmf: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let nvmf: SocketAddr = format!("127.0.0.1:{nvmf_port}").parse().expect("addr");
         let mut cmd = Command::new(server_bin);
         cmd.arg("--data-dir")
             .arg(data_dir)
