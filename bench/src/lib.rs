@@ -20,4 +20,5 @@
 pub mod engine;
 pub mod hist;
 pub mod machine;
+pub mod nvmf_client;
 pub mod report;

@@ -9,6 +9,10 @@
 //! the socket has something. A transport error ends only this connection,
 //! with a C2HTermReq carrying the FES the NVMe/TCP specification names.
 
+// Wire fields are masked or bounded to their width before they are
+// narrowed (`(cdw10 >> 16) as u16`, lengths checked against MDTS).
+#![allow(clippy::cast_possible_truncation)]
+
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;

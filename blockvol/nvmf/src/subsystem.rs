@@ -106,7 +106,7 @@ impl Default for PortalSpec {
 /// Asynchronous event completions (dword 0): type notice (2), info, log.
 pub mod event {
     /// Namespace attribute changed (log 04h).
-    pub const NS_CHANGED: u32 = 2 | (0x00 << 8) | (0x04 << 16);
+    pub const NS_CHANGED: u32 = 2 | (0x04 << 16);
     /// ANA change (log 0Ch).
     pub const ANA_CHANGE: u32 = 2 | (0x03 << 8) | (0x0c << 16);
     /// Discovery log changed (log 70h).
