@@ -22,3 +22,4 @@ pub mod hist;
 pub mod machine;
 pub mod nvmf_client;
 pub mod report;
+pub mod targets;

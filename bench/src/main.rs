@@ -18,6 +18,29 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// keel NVMe/TCP, keel iSCSI and tgt iSCSI side by side on 127.0.0.1,
+    /// 1 GiB each on the same file system.
+    ///
+    /// NVMe/TCP with keel's own host; both iSCSI targets with fio through
+    /// qemu-storage-daemon (iSCSI to NBD). 4 KiB random read and write at
+    /// QD1 and QD32, 128 KiB sequential at QD8: IOPS, p50/p99, target CPU
+    /// per I/O, ratios. Needs `keel-volume` beside this binary (cargo build
+    /// --release -p keel-volume -p keel-bench), tgt, fio and
+    /// qemu-storage-daemon.
+    Targets {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Directory for the backing files (default: under ./target/bench-tmp).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// keel's reactor poll mode.
+        #[arg(long, default_value = "adaptive")]
+        poll_mode: String,
+    },
     /// The volume engine on every compiled backend against the raw
     /// pwrite+fdatasync limit of the same file system.
     ///
@@ -90,6 +113,23 @@ fn existing_ancestor(p: &std::path::Path) -> PathBuf {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Targets {
+            json,
+            dir,
+            seconds,
+            poll_mode,
+        } => {
+            let base = dir.unwrap_or_else(|| PathBuf::from("target/bench-tmp"));
+            std::fs::create_dir_all(&base)?;
+            let tmp = tempfile::tempdir_in(&base)?;
+            let v = keel_bench::targets::run(tmp.path(), seconds, &poll_mode)?;
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", keel_bench::targets::table(&v));
+            }
+            Ok(())
+        }
         Cmd::Engine {
             json,
             dir,

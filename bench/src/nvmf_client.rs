@@ -48,6 +48,8 @@ pub struct Completion {
 /// One queue (one TCP connection).
 pub struct Queue {
     sock: TcpStream,
+    /// Buffered reads of the same socket (one recv for many PDUs).
+    rd: std::io::BufReader<TcpStream>,
     /// Header digests on.
     pub hd: bool,
     /// Data digests on.
@@ -75,8 +77,10 @@ impl Queue {
         let sock = TcpStream::connect(addr)?;
         sock.set_nodelay(true)?;
         sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let rd = std::io::BufReader::with_capacity(256 << 10, sock.try_clone()?);
         let mut q = Queue {
             sock,
+            rd,
             hd,
             dd,
             max_h2c: 0,
@@ -144,13 +148,13 @@ impl Queue {
 
     fn recv_raw(&mut self, digests: bool) -> std::io::Result<Pdu> {
         let mut ch = [0u8; CH_LEN];
-        self.sock.read_exact(&mut ch)?;
+        self.rd.read_exact(&mut ch)?;
         let plen = le32(&ch, 4) as usize;
         if !(CH_LEN..=(16 << 20)).contains(&plen) {
             return Err(std::io::Error::other(format!("bad PLEN {plen}")));
         }
         let mut rest = vec![0u8; plen - CH_LEN];
-        self.sock.read_exact(&mut rest)?;
+        self.rd.read_exact(&mut rest)?;
         let mut all = ch.to_vec();
         all.extend_from_slice(&rest);
         let hlen = usize::from(ch[2]).min(plen);

@@ -1,0 +1,610 @@
+//! `keel-bench targets`: keel NVMe/TCP, keel iSCSI and tgt (iSCSI) side by
+//! side in one run, on 127.0.0.1, each backed by 1 GiB on the same file
+//! system.
+//!
+//! Clients: keel's own NVMe/TCP host (`nvmf_client`) for NVMe/TCP, and fio
+//! through `qemu-storage-daemon` (QEMU's iSCSI driver re-exported over NBD;
+//! Debian's fio has no libiscsi engine) for both iSCSI targets, so keel and
+//! tgt see exactly the same iSCSI initiator. Per target: 4 KiB random read
+//! and write at QD1 and QD32, 128 KiB sequential read and write at QD8;
+//! IOPS, p50/p99 latency, and the target process's CPU time per I/O (utime
+//! + stime from /proc/PID/stat).
+//!
+//! The two clients differ (our host is a thin blocking loop; fio via qsd
+//! adds the NBD hop), so NVMe/TCP vs iSCSI ratios include the client; keel
+//! iSCSI vs tgt is client-for-client.
+
+// Statistics: sample counts and latencies are far from the limits of the
+// integer types they are converted between.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::nvmf_client::Queue;
+
+/// One measurement.
+#[derive(Debug, Clone, Default)]
+pub struct Measure {
+    /// Operations per second.
+    pub iops: f64,
+    /// Median latency, µs.
+    pub p50_us: f64,
+    /// 99th percentile latency, µs.
+    pub p99_us: f64,
+    /// Target CPU seconds per I/O, µs.
+    pub cpu_us_per_io: f64,
+}
+
+/// The workloads, in order.
+pub const WORKLOADS: [(&str, bool, usize, usize); 6] = [
+    ("4k-randread-qd1", false, 4096, 1),
+    ("4k-randread-qd32", false, 4096, 32),
+    ("4k-randwrite-qd1", true, 4096, 1),
+    ("4k-randwrite-qd32", true, 4096, 32),
+    ("128k-seqread-qd8", false, 128 << 10, 8),
+    ("128k-seqwrite-qd8", true, 128 << 10, 8),
+];
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn wait_port(port: u16, what: &str) -> Result<()> {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!("{what} did not listen on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// utime + stime of a process, seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces).
+    let rest = s.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based) of stat: 11 and 12
+    // after the state field here.
+    let hz = 100.0;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// A process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running keel-volume.
+pub struct Keel {
+    proc: Proc,
+    /// iSCSI portal.
+    pub iscsi: SocketAddr,
+    /// NVMe/TCP portal.
+    pub nvmf: SocketAddr,
+}
+
+impl Keel {
+    /// Start `bin` with a 1 GiB volume in `dir`.
+    pub fn start(bin: &Path, dir: &Path, poll_mode: &str) -> Result<Keel> {
+        let (ip, np) = (free_port(), free_port());
+        let child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(dir)
+            .args([
+                "--volume",
+                "vol0:1GiB",
+                "--admin-listen",
+                "",
+                "--poll-mode",
+                poll_mode,
+            ])
+            .arg("--iscsi-listen")
+            .arg(format!("127.0.0.1:{ip}"))
+            .arg("--nvmf-listen")
+            .arg(format!("127.0.0.1:{np}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let k = Keel {
+            proc: Proc(child),
+            iscsi: format!("127.0.0.1:{ip}").parse()?,
+            nvmf: format!("127.0.0.1:{np}").parse()?,
+        };
+        wait_port(ip, "keel-volume")?;
+        wait_port(np, "keel-volume")?;
+        Ok(k)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+}
+
+/// A private tgtd with one 1 GiB LUN (LUN 1) on a sparse file.
+pub struct Tgt {
+    proc: Proc,
+    ctl: u16,
+    /// Portal.
+    pub port: u16,
+}
+
+/// tgt's IQN.
+pub const TGT_IQN: &str = "iqn.2026-11.io.keel.bench:tgt";
+
+impl Tgt {
+    /// Start tgtd in `dir`.
+    pub fn start(dir: &Path) -> Result<Tgt> {
+        let port = free_port();
+        // tgtd's control index (the management socket's number) must be
+        // small; the process id keeps concurrent runs apart.
+        let ctl = u16::try_from(std::process::id() % 4000 + 100).unwrap_or(100);
+        let img = dir.join("tgt-lun1.img");
+        std::fs::File::create(&img)?.set_len(1 << 30)?;
+        let child = Command::new("tgtd")
+            .args([
+                "-f",
+                "-C",
+                &ctl.to_string(),
+                "--iscsi",
+                &format!("portal=127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start tgtd (apt-get install tgt)")?;
+        let t = Tgt {
+            proc: Proc(child),
+            ctl,
+            port,
+        };
+        let adm = |args: &[&str]| -> Result<()> {
+            let st = Command::new("tgtadm")
+                .args(["-C", &ctl.to_string(), "--lld", "iscsi"])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if !st.success() {
+                bail!("tgtadm {args:?} failed");
+            }
+            Ok(())
+        };
+        let t0 = Instant::now();
+        while adm(&["--mode", "target", "--op", "show"]).is_err() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("tgtd did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        adm(&[
+            "--mode",
+            "target",
+            "--op",
+            "new",
+            "--tid",
+            "1",
+            "--targetname",
+            TGT_IQN,
+        ])?;
+        adm(&[
+            "--mode",
+            "logicalunit",
+            "--op",
+            "new",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--backing-store",
+            img.to_str().unwrap_or_default(),
+        ])?;
+        adm(&[
+            "--mode",
+            "target",
+            "--op",
+            "bind",
+            "--tid",
+            "1",
+            "--initiator-address",
+            "ALL",
+        ])?;
+        wait_port(port, "tgtd")?;
+        Ok(t)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        // tgtd ignores SIGTERM while it has targets; delete them first.
+        let _ = Command::new("tgtadm")
+            .args([
+                "-C",
+                &self.ctl.to_string(),
+                "--lld",
+                "iscsi",
+                "--mode",
+                "target",
+                "--op",
+                "delete",
+                "--force",
+                "--tid",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// fio through qemu-storage-daemon (iSCSI → NBD).
+pub fn fio_iscsi(
+    portal: SocketAddr,
+    iqn: &str,
+    lun: u32,
+    pid: u32,
+    seconds: f64,
+) -> Result<Vec<Measure>> {
+    let nbd = free_port();
+    let qsd = Proc(
+        Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=iscsi,node-name=lun,transport=tcp,portal={portal},target={iqn},lun={lun},cache.direct=on"
+            ))
+            .arg("--nbd-server")
+            .arg(format!("addr.type=inet,addr.host=127.0.0.1,addr.port={nbd}"))
+            .arg("--export")
+            .arg("type=nbd,id=e,node-name=lun,name=lun,writable=on")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start qemu-storage-daemon (apt-get install qemu-system-common/bookworm qemu-block-extra/bookworm)")?,
+    );
+    wait_port(nbd, "qemu-storage-daemon")?;
+    let uri = format!("nbd://127.0.0.1:{nbd}/lun");
+    // Precondition: the 256 MiB the reads use is written once.
+    let st = Command::new("fio")
+        .args([
+            "--name=fill",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=write",
+            "--bs=1m",
+            "--size=256m",
+            "--iodepth=8",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run fio (apt-get install fio)")?;
+    if !st.success() {
+        bail!("fio preconditioning failed");
+    }
+    let mut out = Vec::new();
+    for (name, write, bs, qd) in WORKLOADS {
+        let rw = match (write, bs == 4096) {
+            (false, true) => "randread",
+            (true, true) => "randwrite",
+            (false, false) => "read",
+            (true, false) => "write",
+        };
+        let cpu0 = cpu_seconds(pid);
+        let o = Command::new("fio")
+            .args([
+                &format!("--name={name}"),
+                "--ioengine=nbd",
+                &format!("--uri={uri}"),
+                &format!("--rw={rw}"),
+                &format!("--bs={bs}"),
+                &format!("--iodepth={qd}"),
+                "--size=256m",
+                "--time_based",
+                &format!("--runtime={seconds}s"),
+                "--output-format=json",
+            ])
+            .output()?;
+        let cpu = cpu_seconds(pid) - cpu0;
+        // fio may print notes before the JSON object.
+        let start = o.stdout.iter().position(|&b| b == b'{').unwrap_or(0);
+        let v: Value = serde_json::from_slice(&o.stdout[start..])
+            .with_context(|| format!("fio output: {}", String::from_utf8_lossy(&o.stderr)))?;
+        let j = &v["jobs"][0][if write { "write" } else { "read" }];
+        let iops = j["iops"].as_f64().unwrap_or(0.0);
+        let ios = j["total_ios"].as_f64().unwrap_or(0.0).max(1.0);
+        let pct = |p: &str| j["clat_ns"]["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
+        out.push(Measure {
+            iops,
+            p50_us: pct("50.000000"),
+            p99_us: pct("99.000000"),
+            cpu_us_per_io: cpu / ios * 1e6,
+        });
+    }
+    drop(qsd);
+    Ok(out)
+}
+
+/// libiscsi's `iscsi-perf` (random 4 KiB reads; libiscsi's own async
+/// initiator, the same for both targets): IOPS and target CPU per I/O.
+pub fn iscsi_perf(
+    url: &str,
+    blocks_per_io: u32,
+    qd: usize,
+    pid: u32,
+    seconds: f64,
+) -> Result<Measure> {
+    let cpu0 = cpu_seconds(pid);
+    let t = seconds.ceil().max(2.0);
+    let o = Command::new("timeout")
+        .args([
+            &format!("{}", t + 5.0),
+            "iscsi-perf",
+            "-m",
+            &qd.to_string(),
+            "-b",
+            &blocks_per_io.to_string(),
+            "-r",
+            "-t",
+            &format!("{t}"),
+            url,
+        ])
+        .output()
+        .context("cannot run iscsi-perf (apt-get install libiscsi-bin)")?;
+    let cpu = cpu_seconds(pid) - cpu0;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let iops: f64 = text
+        .rsplit("iops average ")
+        .next()
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no result from iscsi-perf: {text}"))?;
+    Ok(Measure {
+        iops,
+        p50_us: 0.0,
+        p99_us: 0.0,
+        cpu_us_per_io: cpu / (iops * t).max(1.0) * 1e6,
+    })
+}
+
+fn percentile(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i] as f64 / 1000.0
+}
+
+/// keel's NVMe/TCP host at each workload.
+pub fn nvmf_keel(k: &Keel, seconds: f64) -> Result<Vec<Measure>> {
+    let sub = "nqn.2026-11.io.keel:vol0";
+    let host = "nqn.2026-11.io.keel.bench:host";
+    let (_admin, cntlid) = Queue::admin(k.nvmf, sub, host, 0, false)?;
+    let mut q = Queue::io(k.nvmf, cntlid, 1, sub, host, false)?;
+    let bs = 4096u64;
+    // Precondition the 256 MiB region.
+    let chunk = vec![0x5au8; 1 << 20];
+    for i in 0..256u64 {
+        q.write(i * 256, &chunk, 4096, false)?;
+    }
+    let region = (256u64 << 20) / bs;
+    let mut out = Vec::new();
+    let mut rng = rand::rngs::ThreadRng::default();
+    for (_name, write, size, qd) in WORKLOADS {
+        use rand::Rng;
+        let blocks = (size as u64 / bs) as u32;
+        let data = vec![0xa5u8; size];
+        let mut lat = Vec::new();
+        let mut inflight = std::collections::HashMap::new();
+        let mut seq = 0u64;
+        let cpu0 = cpu_seconds(k.pid());
+        let t0 = Instant::now();
+        let end = t0 + Duration::from_secs_f64(seconds);
+        let mut ios = 0u64;
+        let mut next_lba = |rng: &mut rand::rngs::ThreadRng| {
+            if size == 4096 {
+                rng.gen_range(0..region)
+            } else {
+                seq = (seq + u64::from(blocks)) % (region - u64::from(blocks));
+                seq
+            }
+        };
+        let submit = |q: &mut Queue, lba: u64| -> Result<u16> {
+            let mut s = Queue::rw_sqe(write, lba, blocks, false);
+            if write {
+                Ok(q.submit(s, &data)?)
+            } else {
+                s[32..36].copy_from_slice(&u32::try_from(size)?.to_le_bytes());
+                s[39] = 0x5a;
+                Ok(q.submit(s, &[])?)
+            }
+        };
+        for _ in 0..qd {
+            let lba = next_lba(&mut rng);
+            inflight.insert(submit(&mut q, lba)?, Instant::now());
+        }
+        while !inflight.is_empty() {
+            let (c, _) = q.reap()?;
+            if let Some(t) = inflight.remove(&c.cid) {
+                lat.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                ios += 1;
+            }
+            if Instant::now() < end {
+                let lba = next_lba(&mut rng);
+                inflight.insert(submit(&mut q, lba)?, Instant::now());
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(k.pid()) - cpu0;
+        out.push(Measure {
+            iops: ios as f64 / secs,
+            p50_us: percentile(&mut lat, 0.5),
+            p99_us: percentile(&mut lat, 0.99),
+            cpu_us_per_io: cpu / (ios.max(1) as f64) * 1e6,
+        });
+    }
+    Ok(out)
+}
+
+/// Find `keel-volume` next to this executable.
+pub fn keel_volume_bin() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("keel-volume");
+    if !p.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p keel-volume -p keel-bench)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Run everything; JSON with every measurement and the ratios.
+pub fn run(dir: &Path, seconds: f64, poll_mode: &str) -> Result<Value> {
+    let bin = keel_volume_bin()?;
+    let kdir = dir.join("keel");
+    std::fs::create_dir_all(&kdir)?;
+    let k = Keel::start(&bin, &kdir, poll_mode)?;
+    eprintln!("keel-bench targets: keel NVMe/TCP (own host)...");
+    let nvme = nvmf_keel(&k, seconds)?;
+    eprintln!("keel-bench targets: keel iSCSI (fio via qemu-storage-daemon, iscsi-perf)...");
+    let kiscsi = fio_iscsi(k.iscsi, "iqn.2026-11.io.keel:vol0", 0, k.pid(), seconds)?;
+    let kurl = format!("iscsi://{}/iqn.2026-11.io.keel:vol0/0", k.iscsi);
+    // keel volumes have 4 KiB blocks, tgt's LUN 512-byte ones: 4 KiB each.
+    let kperf = [
+        iscsi_perf(&kurl, 1, 1, k.pid(), seconds)?,
+        iscsi_perf(&kurl, 1, 32, k.pid(), seconds)?,
+    ];
+    drop(k);
+    eprintln!("keel-bench targets: tgt iSCSI (fio via qemu-storage-daemon, iscsi-perf)...");
+    let tgt = Tgt::start(dir)?;
+    let tiscsi = fio_iscsi(
+        format!("127.0.0.1:{}", tgt.port).parse()?,
+        TGT_IQN,
+        1,
+        tgt.pid(),
+        seconds,
+    )?;
+    let turl = format!("iscsi://127.0.0.1:{}/{TGT_IQN}/1", tgt.port);
+    let tperf = [
+        iscsi_perf(&turl, 8, 1, tgt.pid(), seconds)?,
+        iscsi_perf(&turl, 8, 32, tgt.pid(), seconds)?,
+    ];
+    drop(tgt);
+    let row = |m: &Measure| json!({"iops": m.iops, "p50_us": m.p50_us, "p99_us": m.p99_us, "cpu_us_per_io": m.cpu_us_per_io});
+    let mut rows = Vec::new();
+    for (i, (name, ..)) in WORKLOADS.iter().enumerate() {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        rows.push(json!({
+            "workload": name,
+            "keel_nvmf": row(&nvme[i]),
+            "keel_iscsi": row(&kiscsi[i]),
+            "tgt_iscsi": row(&tiscsi[i]),
+            "keel_iscsi_over_tgt_iops": ratio(kiscsi[i].iops, tiscsi[i].iops),
+            "keel_nvmf_over_keel_iscsi_iops": ratio(nvme[i].iops, kiscsi[i].iops),
+            "keel_nvmf_over_tgt_iops": ratio(nvme[i].iops, tiscsi[i].iops),
+            "keel_iscsi_over_tgt_cpu_per_io": ratio(kiscsi[i].cpu_us_per_io, tiscsi[i].cpu_us_per_io),
+        }));
+    }
+    let perf: Vec<Value> = ["4k-randread-qd1", "4k-randread-qd32"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({
+                "workload": name,
+                "client": "iscsi-perf",
+                "keel_iscsi": row(&kperf[i]),
+                "tgt_iscsi": row(&tperf[i]),
+                "keel_iscsi_over_tgt_iops": kperf[i].iops / tperf[i].iops.max(1.0),
+                "keel_iscsi_over_tgt_cpu_per_io": kperf[i].cpu_us_per_io / tperf[i].cpu_us_per_io.max(1e-9),
+                "keel_nvmf_over_keel_iscsi_iops": nvme[if i == 0 { 0 } else { 1 }].iops / kperf[i].iops.max(1.0),
+            })
+        })
+        .collect();
+    Ok(json!({ "seconds": seconds, "poll_mode": poll_mode, "rows": rows, "iscsi_perf": perf }))
+}
+
+/// Render the JSON of [`run`] as a table with the goals.
+pub fn table(v: &Value) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:<18} {:>22} {:>22} {:>22} {:>9} {:>9} {:>9}\n",
+        "workload", "keel NVMe/TCP", "keel iSCSI", "tgt iSCSI", "kI/tgt", "kN/kI", "kN/tgt"
+    ));
+    s.push_str(&format!(
+        "{:<18} {:>22} {:>22} {:>22}\n",
+        "", "IOPS p50/p99 µs cpu/io", "IOPS p50/p99 µs cpu/io", "IOPS p50/p99 µs cpu/io"
+    ));
+    let cell = |m: &Value| {
+        format!(
+            "{:>6.0} {:>4.0}/{:<5.0} {:>4.1}",
+            m["iops"].as_f64().unwrap_or(0.0),
+            m["p50_us"].as_f64().unwrap_or(0.0),
+            m["p99_us"].as_f64().unwrap_or(0.0),
+            m["cpu_us_per_io"].as_f64().unwrap_or(0.0)
+        )
+    };
+    let empty = Vec::new();
+    for r in v["rows"].as_array().unwrap_or(&empty) {
+        s.push_str(&format!(
+            "{:<18} {:>22} {:>22} {:>22} {:>8.2}x {:>8.2}x {:>8.2}x\n",
+            r["workload"].as_str().unwrap_or(""),
+            cell(&r["keel_nvmf"]),
+            cell(&r["keel_iscsi"]),
+            cell(&r["tgt_iscsi"]),
+            r["keel_iscsi_over_tgt_iops"].as_f64().unwrap_or(0.0),
+            r["keel_nvmf_over_keel_iscsi_iops"].as_f64().unwrap_or(0.0),
+            r["keel_nvmf_over_tgt_iops"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    s.push_str("\nlibiscsi iscsi-perf (4 KiB random reads, the same async initiator for both):\n");
+    for r in v["iscsi_perf"].as_array().unwrap_or(&empty) {
+        s.push_str(&format!(
+            "{:<18} keel {:>7.0} IOPS {:>5.1} µs cpu/io   tgt {:>7.0} IOPS {:>5.1} µs cpu/io   keel/tgt {:.2}x IOPS, {:.2}x CPU/io; NVMe/TCP (own host) / keel iSCSI {:.2}x\n",
+            r["workload"].as_str().unwrap_or(""),
+            r["keel_iscsi"]["iops"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi"]["cpu_us_per_io"].as_f64().unwrap_or(0.0),
+            r["tgt_iscsi"]["iops"].as_f64().unwrap_or(0.0),
+            r["tgt_iscsi"]["cpu_us_per_io"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi_over_tgt_iops"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi_over_tgt_cpu_per_io"].as_f64().unwrap_or(0.0),
+            r["keel_nvmf_over_keel_iscsi_iops"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    s
+}
+
+/// Read all of a child's output (for error messages).
+pub fn drain(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
