@@ -187,6 +187,19 @@ impl ServerProcess {
         }
     }
 
+    /// POST to a path of the admin endpoint; status line and body.
+    pub fn admin_post(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.admin).expect("admin connect");
+        use std::io::Write;
+        let _ = write!(
+            s,
+            "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
     /// GET a path of the admin endpoint; the body.
     pub fn admin_get(&self, path: &str) -> String {
         let mut s = TcpStream::connect(self.admin).expect("admin connect");

@@ -15,11 +15,21 @@ fn kernel_nvmet_passes_the_same_checks() {
     let out = Command::new(guest_dir().join("peer-target.sh"))
         .args(["nvmet", "-p", &port, "-t", "600", "--"])
         .arg(guest_dir().join("run-guest.sh"))
-        .args(["-t", "400", "-e", &format!("TGT_PORT={port}"), "-e", "TGT_NQN=nqn.2024-01.io.keel.test:nvmet", "-e", "FIO_SIZE=64M"])
+        .args([
+            "-t",
+            "400",
+            "-e",
+            &format!("TGT_PORT={port}"),
+            "-e",
+            "TGT_NQN=nqn.2024-01.io.keel.test:nvmet",
+            "-e",
+            "FIO_SIZE=64M",
+        ])
         .arg(script("nvme-fs.sh"))
         .output()
         .expect("run peer-target.sh");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "nvmet reference run failed:\n{text}");
     assert!(text.contains("PASS nvme-fs"), "{text}");
 }

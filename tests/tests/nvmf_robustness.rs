@@ -304,3 +304,54 @@ fn discovery_lists_subsystems_at_the_advertised_address() {
         Status::INVALID_OPCODE
     );
 }
+
+#[test]
+fn ana_state_change_reaches_the_host_as_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(Path::new(SERVER), dir.path(), &["vol0:16MiB"], &[]);
+    let sub = nqn("vol0");
+    let (mut adm, cntlid) = Queue::admin(s.nvmf, &sub, HOST, 0, false).unwrap();
+    let mut io = Queue::io(s.nvmf, cntlid, 1, &sub, HOST, false).unwrap();
+    // Enable ANA change notices, then park an AER.
+    let mut setf = [0u8; 64];
+    setf[0] = 0x09;
+    setf[40] = 0x0b;
+    setf[44..48].copy_from_slice(&(1u32 << 11).to_le_bytes());
+    assert_eq!(adm.execute(setf, &[]).unwrap().0.status, Status::SUCCESS);
+    let mut aer = [0u8; 64];
+    aer[0] = 0x0c;
+    let aer_cid = adm.submit(aer, &[]).unwrap();
+    assert_eq!(io.read(0, 1, BS).unwrap().0.status, Status::SUCCESS);
+    // The control plane (or an operator) makes the path inaccessible.
+    let r = s.admin_post("/volumes/vol0/ana/inaccessible");
+    assert!(
+        r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"),
+        "{r}"
+    );
+    let (c, _) = adm.reap().unwrap();
+    assert_eq!(c.cid, aer_cid);
+    assert_eq!(
+        c.dw0,
+        2 | (0x03 << 8) | (0x0c << 16),
+        "notice, ANA change, log 0Ch"
+    );
+    // The ANA log says so, and I/O gets the ANA status (SCT 3).
+    let mut glp = [0u8; 64];
+    glp[0] = 0x02;
+    glp[40..44].copy_from_slice(&(0x0c | (12u32 << 16)).to_le_bytes());
+    glp[32..36].copy_from_slice(&52u32.to_le_bytes());
+    glp[39] = 0x5a;
+    let (c, log) = adm.execute(glp, &[]).unwrap();
+    assert_eq!(c.status, Status::SUCCESS);
+    assert_eq!(log[32], 0x03, "inaccessible");
+    let st = io.read(0, 1, BS).unwrap().0.status;
+    assert_eq!((st.sct, st.sc), (3, 0x02));
+    // Back to optimized: I/O flows again.
+    let r = s.admin_post("/volumes/vol0/ana/optimized");
+    assert!(r.contains(" 200 "), "{r}");
+    assert_eq!(io.read(0, 1, BS).unwrap().0.status, Status::SUCCESS);
+    assert!(s.admin_post("/volumes/vol0/ana/sideways").contains(" 400 "));
+    assert!(s
+        .admin_post("/volumes/nope/ana/optimized")
+        .contains(" 404 "));
+}

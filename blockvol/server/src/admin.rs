@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::extract::State as AxState;
+use axum::extract::{Path as AxPath, State as AxState};
 use axum::http::header;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -62,6 +63,7 @@ impl AdminServer {
                     let app = Router::new()
                         .route("/status", get(status))
                         .route("/metrics", get(metrics))
+                        .route("/volumes/{name}/ana/{state}", post(set_ana))
                         .with_state(state);
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(async {
@@ -521,6 +523,37 @@ pub fn metrics_text(state: &State) -> String {
         line(&mut o, "keel_reactor_pollers", &l, c.pollers);
     }
     o
+}
+
+/// `POST /volumes/{name}/ana/{state}`: set the NVMe ANA state of a volume's
+/// subsystem (`optimized`, `non-optimized`, `inaccessible`,
+/// `persistent-loss`, `change`); hosts get an ANA-change event. The control
+/// plane uses it when a volume's role changes (failover); operators can
+/// drain a server by hand with it.
+async fn set_ana(
+    AxState(state): AxState<Arc<State>>,
+    AxPath((name, ana)): AxPath<(String, String)>,
+) -> (StatusCode, String) {
+    use keel_nvmf::identify::ana as a;
+    let code = match ana.as_str() {
+        "optimized" => a::OPTIMIZED,
+        "non-optimized" => a::NON_OPTIMIZED,
+        "inaccessible" => a::INACCESSIBLE,
+        "persistent-loss" => a::PERSISTENT_LOSS,
+        "change" => a::CHANGE,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown ANA state {ana:?}\n"),
+            )
+        }
+    };
+    let Some(h) = state.volumes.iter().find(|h| h.name == name) else {
+        return (StatusCode::NOT_FOUND, format!("no volume {name:?}\n"));
+    };
+    state.nvmf.set_ana_state(&h.subsystem.spec.nqn, code);
+    tracing::info!(volume = %name, state = %ana, "ANA state set");
+    (StatusCode::OK, format!("{name}: ANA {ana}\n"))
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
