@@ -169,15 +169,6 @@ impl std::fmt::Debug for NvmeConn {
     }
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
 fn engine_status(k: ErrorKind, write: bool) -> Status {
     match k {
         ErrorKind::OutOfRange => Status::LBA_OUT_OF_RANGE,
@@ -506,18 +497,21 @@ impl NvmeConn {
 
     fn connect(&mut self, sqe: &Sqe, d: &[u8], out: &mut OutQueue, cx: &mut Context) {
         let cid = sqe.cid.get();
-        let cdw10 = sqe.cdw10.get();
-        let recfmt = (cdw10 & 0xffff) as u16;
-        let qid = (cdw10 >> 16) as u16;
-        let cdw11 = sqe.cdw11.get();
-        let sqsize = (cdw11 & 0xffff) as u16;
-        let cattr = ((cdw11 >> 16) & 0xff) as u8;
-        let kato = sqe.cdw12.get();
-        let mut hostid = [0u8; 16];
-        hostid.copy_from_slice(&d[0..16]);
-        let cntlid = le16(d, 16);
-        let subnqn = cstr(&d[256..512]);
-        let hostnqn = cstr(&d[512..768]);
+        let keel_pdu::nvme::fabrics::Connect {
+            recfmt,
+            qid,
+            sqsize,
+            cattr,
+            kato,
+        } = keel_pdu::nvme::fabrics::Connect::from_sqe(sqe);
+        let Some(cd) = keel_pdu::nvme::fabrics::ConnectData::parse(d) else {
+            self.respond(out, cid, Status::SGL_LENGTH_INVALID, 0, 0);
+            return;
+        };
+        let hostid = cd.hostid;
+        let cntlid = cd.cntlid.get();
+        let subnqn = cd.subnqn().unwrap_or_default().to_owned();
+        let hostnqn = cd.hostnqn().unwrap_or_default().to_owned();
         // Invalid Parameters carries IATTR/IPO: which field is wrong.
         let bad = |this: &mut Self, out: &mut OutQueue, in_data: bool, offset: u16| {
             this.target
@@ -633,8 +627,11 @@ impl NvmeConn {
             self.respond(out, cid, Status::COMMAND_SEQUENCE_ERROR, 0, 0);
             return;
         };
-        let size8 = sqe.cdw10.get() & 1 != 0;
-        let offset = sqe.cdw11.get();
+        let keel_pdu::nvme::fabrics::Property {
+            size8,
+            offset,
+            value,
+        } = keel_pdu::nvme::fabrics::Property::from_sqe(sqe);
         let qsize = self.target.portal().queue_size;
         if sqe.fctype() == fctype::PROPERTY_GET {
             let v: u64 = match offset {
@@ -654,7 +651,6 @@ impl NvmeConn {
             self.respond(out, cid, Status::SUCCESS, v as u32, (v >> 32) as u32);
             return;
         }
-        let value = u64::from(sqe.cdw12.get()) | (u64::from(sqe.cdw13.get()) << 32);
         match offset {
             identify::prop::CC => {
                 let new = value as u32;
