@@ -174,7 +174,7 @@ fn dev(a: DevArgs) -> Result<i32, (String, i32)> {
         .iscsi_addrs()
         .first()
         .map_or(3260, std::net::SocketAddr::port);
-    let vol = &server.state().volumes[0];
+    let vol = server.state().volumes()[0].clone();
     let info = vol.target.lun.volume().info();
     println!(
         "keel dev: volume vol0 ({}) at {}",

@@ -64,6 +64,7 @@ impl AdminServer {
                         .route("/status", get(status))
                         .route("/metrics", get(metrics))
                         .route("/volumes/{name}/ana/{state}", post(set_ana))
+                        .route("/volumes/{name}/create/{size}", post(create_volume))
                         .with_state(state);
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(async {
@@ -103,8 +104,8 @@ fn hex(b: &[u8]) -> String {
 /// The `/status` document.
 pub fn status_json(state: &State) -> Value {
     let sessions = state.registry.sessions();
-    let volumes: Vec<Value> = state
-        .volumes
+    let hosted = state.volumes();
+    let volumes: Vec<Value> = hosted
         .iter()
         .map(|h| {
             let st = h.target.lun.volume().status();
@@ -195,8 +196,8 @@ fn esc(s: &str) -> String {
 #[allow(clippy::too_many_lines)]
 pub fn metrics_text(state: &State) -> String {
     let mut o = String::new();
-    let vols: Vec<_> = state
-        .volumes
+    let hosted = state.volumes();
+    let vols: Vec<_> = hosted
         .iter()
         .map(|h| (format!("volume=\"{}\"", esc(&h.name)), h))
         .collect();
@@ -525,6 +526,33 @@ pub fn metrics_text(state: &State) -> String {
     o
 }
 
+/// `POST /volumes/{name}/create/{size}`: create (or open) and export a
+/// volume while serving, with default export settings; answers with its
+/// status as JSON.
+async fn create_volume(
+    AxState(state): AxState<Arc<State>>,
+    AxPath((name, size)): AxPath<(String, String)>,
+) -> (StatusCode, String) {
+    let size = match crate::size::parse_size(&size) {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    // Creating a volume writes and syncs files: off the async runtime.
+    let st = state.clone();
+    let r = tokio::task::spawn_blocking(move || st.create_volume(&name, size)).await;
+    match r {
+        Ok(Ok(h)) => (
+            StatusCode::CREATED,
+            format!(
+                "{}\n",
+                json!({"name": h.name, "iqn": h.target.spec.iqn, "nqn": h.subsystem.spec.nqn, "path": h.path.display().to_string()})
+            ),
+        ),
+        Ok(Err(e)) => (StatusCode::CONFLICT, format!("{e:#}\n")),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
 /// `POST /volumes/{name}/ana/{state}`: set the NVMe ANA state of a volume's
 /// subsystem (`optimized`, `non-optimized`, `inaccessible`,
 /// `persistent-loss`, `change`); hosts get an ANA-change event. The control
@@ -548,7 +576,8 @@ async fn set_ana(
             )
         }
     };
-    let Some(h) = state.volumes.iter().find(|h| h.name == name) else {
+    let hosted = state.volumes();
+    let Some(h) = hosted.iter().find(|h| h.name == name) else {
         return (StatusCode::NOT_FOUND, format!("no volume {name:?}\n"));
     };
     state.nvmf.set_ana_state(&h.subsystem.spec.nqn, code);

@@ -54,7 +54,11 @@ pub struct Hosted {
 #[derive(Debug)]
 pub struct State {
     /// Volumes.
-    pub volumes: Vec<Hosted>,
+    pub volumes: std::sync::RwLock<Vec<Arc<Hosted>>>,
+    /// The configuration it started with (volumes created later are not
+    /// added to it).
+    pub config: ServerConfig,
+    vcfg: VolumeConfig,
     /// iSCSI targets and sessions.
     pub registry: Arc<Registry>,
     /// NVMe/TCP subsystems and controllers.
@@ -73,6 +77,51 @@ pub struct State {
     pub pool: Arc<keel_reactor::BufferPool>,
     /// Reactor counters.
     pub reactor_remotes: Vec<keel_reactor::Remote>,
+}
+
+impl State {
+    /// The hosted volumes.
+    pub fn volumes(&self) -> Vec<Arc<Hosted>> {
+        self.volumes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Create (or open) volume `name` of `size` bytes while serving, with
+    /// default export settings. Errors if it is already hosted.
+    pub fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<Arc<Hosted>> {
+        let spec = config::VolumeSpec {
+            name: name.to_owned(),
+            size: Some(size.to_string()),
+            iqn: None,
+            initiators: Vec::new(),
+            chap: None,
+            mutual_chap: None,
+            nqn: None,
+            hosts: Vec::new(),
+        };
+        let mut probe = self.config.clone();
+        probe.volumes = vec![spec.clone()];
+        probe.validate()?;
+        let mut vols = self
+            .volumes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if vols.iter().any(|h| h.name == name) {
+            bail!("volume {name} is already hosted");
+        }
+        let h = Arc::new(host_volume(
+            &self.config,
+            &self.vcfg,
+            &self.registry,
+            &self.nvmf,
+            &spec,
+            Some(size),
+        )?);
+        vols.push(h.clone());
+        Ok(h)
+    }
 }
 
 /// A running volume server.
@@ -95,6 +144,82 @@ fn creds(c: &Option<config::ChapConfig>) -> Option<Credentials> {
     c.as_ref().map(|c| Credentials {
         user: c.user.clone(),
         secret: c.secret.clone(),
+    })
+}
+
+/// Open (or create with `size`) the volume of `spec` and export it over
+/// iSCSI and NVMe/TCP.
+fn host_volume(
+    cfg: &ServerConfig,
+    vcfg: &VolumeConfig,
+    registry: &Registry,
+    nvmf: &keel_nvmf::NvmfTarget,
+    spec: &config::VolumeSpec,
+    size: Option<u64>,
+) -> anyhow::Result<Hosted> {
+    let path = cfg.path_of(spec);
+    let exists = path.exists();
+    let vol = if exists {
+        let vol = Volume::open(&path, vcfg)
+            .with_context(|| format!("cannot open volume {}", path.display()))?;
+        if let Some(size) = size {
+            let have = vol.info().size;
+            if size > have {
+                vol.expand(size).with_context(|| {
+                    format!("cannot expand volume {} to {size} bytes", spec.name)
+                })?;
+                tracing::info!(volume = %spec.name, from = have, to = size, "volume expanded");
+            } else if size < have {
+                tracing::warn!(volume = %spec.name, configured = size, actual = have, "configured size is below the volume's; keeping the volume's (shrinking is not supported)");
+            }
+        }
+        vol
+    } else {
+        let Some(size) = size else {
+            bail!(
+                "volume {} does not exist at {} and has no size to create it with",
+                spec.name,
+                path.display()
+            );
+        };
+        Volume::create(&path, &CreateOptions::new(size), vcfg)
+            .with_context(|| format!("cannot create volume {}", path.display()))?
+    };
+    let info = vol.info();
+    let status = vol.status();
+    tracing::info!(
+        volume = %spec.name,
+        path = %path.display(),
+        size = info.size,
+        created = !exists,
+        backend = status.backend,
+        "volume ready"
+    );
+    let vol = Arc::new(vol);
+    let subsystem = Arc::new(keel_nvmf::Subsystem::new(
+        keel_nvmf::SubsystemSpec {
+            nqn: cfg.nqn_of(spec),
+            hosts: spec.hosts.clone(),
+        },
+        vol.clone(),
+    ));
+    nvmf.add_subsystem(subsystem.clone());
+    let target = Arc::new(Target::new(
+        TargetSpec {
+            iqn: cfg.iqn_of(spec),
+            alias: Some(spec.name.clone()),
+            initiators: spec.initiators.clone(),
+            chap: creds(&spec.chap),
+            mutual_chap: creds(&spec.mutual_chap),
+        },
+        vol,
+    ));
+    registry.add_target(target.clone());
+    Ok(Hosted {
+        name: spec.name.clone(),
+        path,
+        target,
+        subsystem,
     })
 }
 
@@ -124,70 +249,9 @@ impl Server {
         });
         let mut volumes = Vec::new();
         for (spec, size) in cfg.volumes.iter().zip(&v.sizes) {
-            let path = cfg.path_of(spec);
-            let exists = path.exists();
-            let vol = if exists {
-                let vol = Volume::open(&path, &vcfg)
-                    .with_context(|| format!("cannot open volume {}", path.display()))?;
-                if let Some(size) = size {
-                    let have = vol.info().size;
-                    if *size > have {
-                        vol.expand(*size).with_context(|| {
-                            format!("cannot expand volume {} to {size} bytes", spec.name)
-                        })?;
-                        tracing::info!(volume = %spec.name, from = have, to = size, "volume expanded");
-                    } else if *size < have {
-                        tracing::warn!(volume = %spec.name, configured = size, actual = have, "configured size is below the volume's; keeping the volume's (shrinking is not supported)");
-                    }
-                }
-                vol
-            } else {
-                let Some(size) = size else {
-                    bail!(
-                        "volume {} does not exist at {} and has no size to create it with",
-                        spec.name,
-                        path.display()
-                    );
-                };
-                Volume::create(&path, &CreateOptions::new(*size), &vcfg)
-                    .with_context(|| format!("cannot create volume {}", path.display()))?
-            };
-            let info = vol.info();
-            let status = vol.status();
-            tracing::info!(
-                volume = %spec.name,
-                path = %path.display(),
-                size = info.size,
-                created = !exists,
-                backend = status.backend,
-                "volume ready"
-            );
-            let vol = Arc::new(vol);
-            let subsystem = Arc::new(keel_nvmf::Subsystem::new(
-                keel_nvmf::SubsystemSpec {
-                    nqn: cfg.nqn_of(spec),
-                    hosts: spec.hosts.clone(),
-                },
-                vol.clone(),
-            ));
-            nvmf.add_subsystem(subsystem.clone());
-            let target = Arc::new(Target::new(
-                TargetSpec {
-                    iqn: cfg.iqn_of(spec),
-                    alias: Some(spec.name.clone()),
-                    initiators: spec.initiators.clone(),
-                    chap: creds(&spec.chap),
-                    mutual_chap: creds(&spec.mutual_chap),
-                },
-                vol,
-            ));
-            registry.add_target(target.clone());
-            volumes.push(Hosted {
-                name: spec.name.clone(),
-                path,
-                target,
-                subsystem,
-            });
+            volumes.push(Arc::new(host_volume(
+                cfg, &vcfg, &registry, &nvmf, spec, *size,
+            )?));
         }
 
         let pool = ReactorPool::start(&ReactorConfig {
@@ -241,7 +305,9 @@ impl Server {
             listeners.push(l);
         }
         let state = Arc::new(State {
-            volumes,
+            volumes: std::sync::RwLock::new(volumes),
+            config: cfg.clone(),
+            vcfg,
             registry,
             nvmf,
             nvmf_addrs,
@@ -307,7 +373,15 @@ impl Server {
             state.registry.remove_target(&t.spec.iqn);
         }
         drop(state.nvmf);
-        for h in state.volumes {
+        let volumes = state
+            .volumes
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for h in volumes {
+            let Ok(h) = Arc::try_unwrap(h) else {
+                first_err.get_or_insert(anyhow::anyhow!("a volume is still in use at shutdown"));
+                continue;
+            };
             drop(h.subsystem);
             let target = Arc::try_unwrap(h.target);
             let closed = match target {
