@@ -394,6 +394,60 @@ pub fn iscsi_perf(
     })
 }
 
+/// `qemu-img bench` (QEMU's iSCSI driver, no NBD hop): 4 KiB sequential
+/// requests at `qd` for about `seconds`; IOPS and target CPU per I/O.
+pub fn qemu_img_bench(
+    url: &str,
+    write: bool,
+    qd: usize,
+    pid: u32,
+    seconds: f64,
+) -> Result<Measure> {
+    // Size the count for roughly `seconds` at 20K IOPS; IOPS come from the
+    // time it took.
+    let count = ((seconds * 20_000.0) as u64).max(1000);
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let mut cmd = Command::new("qemu-img");
+    cmd.args([
+        "bench",
+        "-f",
+        "raw",
+        "-t",
+        "none",
+        "-n",
+        "-c",
+        &count.to_string(),
+        "-d",
+        &qd.to_string(),
+        "-s",
+        "4k",
+        "-S",
+        "4k",
+    ]);
+    if write {
+        cmd.arg("-w");
+    }
+    let o = cmd
+        .arg(url)
+        .output()
+        .context("cannot run qemu-img (apt-get install qemu-utils qemu-block-extra)")?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    if !o.status.success() {
+        bail!(
+            "qemu-img bench failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(Measure {
+        iops: count as f64 / secs,
+        p50_us: 0.0,
+        p99_us: 0.0,
+        cpu_us_per_io: cpu / count as f64 * 1e6,
+    })
+}
+
 fn percentile(v: &mut [u64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -503,6 +557,10 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str) -> Result<Value> {
         iscsi_perf(&kurl, 1, 1, k.pid(), seconds)?,
         iscsi_perf(&kurl, 1, 32, k.pid(), seconds)?,
     ];
+    let kqemu = [
+        qemu_img_bench(&kurl, false, 32, k.pid(), seconds)?,
+        qemu_img_bench(&kurl, true, 32, k.pid(), seconds)?,
+    ];
     drop(k);
     eprintln!("keel-bench targets: tgt iSCSI (fio via qemu-storage-daemon, iscsi-perf)...");
     let tgt = Tgt::start(dir)?;
@@ -517,6 +575,10 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str) -> Result<Value> {
     let tperf = [
         iscsi_perf(&turl, 8, 1, tgt.pid(), seconds)?,
         iscsi_perf(&turl, 8, 32, tgt.pid(), seconds)?,
+    ];
+    let tqemu = [
+        qemu_img_bench(&turl, false, 32, tgt.pid(), seconds)?,
+        qemu_img_bench(&turl, true, 32, tgt.pid(), seconds)?,
     ];
     drop(tgt);
     let row = |m: &Measure| json!({"iops": m.iops, "p50_us": m.p50_us, "p99_us": m.p99_us, "cpu_us_per_io": m.cpu_us_per_io});
@@ -549,7 +611,23 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str) -> Result<Value> {
             })
         })
         .collect();
-    Ok(json!({ "seconds": seconds, "poll_mode": poll_mode, "rows": rows, "iscsi_perf": perf }))
+    let qemu: Vec<Value> = ["4k-seqread-qd32", "4k-seqwrite-qd32"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({
+                "workload": name,
+                "client": "qemu-img bench",
+                "keel_iscsi": row(&kqemu[i]),
+                "tgt_iscsi": row(&tqemu[i]),
+                "keel_iscsi_over_tgt_iops": kqemu[i].iops / tqemu[i].iops.max(1.0),
+                "keel_iscsi_over_tgt_cpu_per_io": kqemu[i].cpu_us_per_io / tqemu[i].cpu_us_per_io.max(1e-9),
+            })
+        })
+        .collect();
+    Ok(
+        json!({ "seconds": seconds, "poll_mode": poll_mode, "rows": rows, "iscsi_perf": perf, "qemu_img_bench": qemu }),
+    )
 }
 
 /// Render the JSON of [`run`] as a table with the goals.
@@ -597,6 +675,19 @@ pub fn table(v: &Value) -> String {
             r["keel_iscsi_over_tgt_iops"].as_f64().unwrap_or(0.0),
             r["keel_iscsi_over_tgt_cpu_per_io"].as_f64().unwrap_or(0.0),
             r["keel_nvmf_over_keel_iscsi_iops"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    s.push_str("\nqemu-img bench (QEMU's iSCSI driver, 4 KiB sequential steps, QD32):\n");
+    for r in v["qemu_img_bench"].as_array().unwrap_or(&empty) {
+        s.push_str(&format!(
+            "{:<18} keel {:>7.0} IOPS {:>5.1} µs cpu/io   tgt {:>7.0} IOPS {:>5.1} µs cpu/io   keel/tgt {:.2}x IOPS, {:.2}x CPU/io\n",
+            r["workload"].as_str().unwrap_or(""),
+            r["keel_iscsi"]["iops"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi"]["cpu_us_per_io"].as_f64().unwrap_or(0.0),
+            r["tgt_iscsi"]["iops"].as_f64().unwrap_or(0.0),
+            r["tgt_iscsi"]["cpu_us_per_io"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi_over_tgt_iops"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi_over_tgt_cpu_per_io"].as_f64().unwrap_or(0.0),
         ));
     }
     s
