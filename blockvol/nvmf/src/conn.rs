@@ -749,13 +749,14 @@ impl NvmeConn {
                 }
             }
             opc::GET_LOG_PAGE => {
-                let cdw10 = sqe.cdw10.get();
-                let lid = (cdw10 & 0xff) as u8;
-                let lsp = ((cdw10 >> 8) & 0x7f) as u8;
-                let numd = ((cdw10 >> 16) | ((sqe.cdw11.get() & 0xffff) << 16)) as usize + 1;
-                let lpo =
-                    (u64::from(sqe.cdw12.get()) | (u64::from(sqe.cdw13.get()) << 32)) as usize;
-                let len = (numd * 4).min(sgl_len);
+                let keel_pdu::nvme::admin::GetLogPage {
+                    lid,
+                    lsp,
+                    len,
+                    offset,
+                } = keel_pdu::nvme::admin::GetLogPage::from_sqe(&sqe);
+                let len = len.min(sgl_len);
+                let lpo = usize::try_from(offset).unwrap_or(usize::MAX);
                 let log = match (lid, &c.subsystem) {
                     (0x01, _) => Some(vec![0u8; 64]),
                     (0x02, Some(s)) => {

@@ -1,22 +1,20 @@
 //! Identify data, log pages and property values the controller returns.
 //!
-//! Offsets follow the NVMe Base 2.0 and NVMe-oF 1.1 specifications; each
-//! was checked against libnvme's `struct nvme_id_ctrl`, `nvme_id_ns`,
-//! `nvme_smart_log`, `nvme_ana_log`/`nvme_ana_group_desc` and
-//! `nvmf_disc_log_entry` by compiling `offsetof` for every field used here
-//! (see the tests, which pin the same offsets).
+//! Built on the zerocopy structures of `keel_pdu::nvme::admin`, whose
+//! field offsets are pinned there against libnvme's (compiled `offsetof`);
+//! the tests here check the bytes that come out.
+
+use keel_pdu::nvme::admin::{
+    zeroed, AnaGroupDescriptor, AnaLogHeader, DiscoveryLogEntry, DiscoveryLogHeader,
+    IdentifyController, IdentifyNamespace, SmartLog,
+};
+use zerocopy::IntoBytes;
 
 /// Identify and log pages are at most this long here.
 pub const PAGE: usize = 4096;
 
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
 fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 /// Copy an ASCII string into a space-padded field (SN, MN, FR).
 fn put_ascii(b: &mut [u8], at: usize, len: usize, s: &str) {
@@ -72,78 +70,54 @@ pub const VERSION: u32 = 0x0001_0400;
 
 /// Identify Controller (CNS 01h), 4096 bytes.
 pub fn controller(i: &ControllerInfo<'_>) -> Vec<u8> {
-    let mut b = vec![0u8; PAGE];
-    // VID/SSVID 0: no PCI vendor.
-    put_ascii(&mut b, 4, 20, i.serial);
-    put_ascii(&mut b, 24, 40, MODEL);
-    put_ascii(&mut b, 64, 8, FIRMWARE);
-    b[72] = 6; // RAB
-               // IEEE OUI 0 (none).
-    if i.kind == ControllerType::Io {
-        // CMIC: multi-controller subsystem, ANA reporting.
-        b[76] = 0x02 | 0x08;
-    }
-    b[77] = i.mdts;
-    put16(&mut b, 78, i.cntlid);
-    put32(&mut b, 80, VERSION);
-    if i.kind == ControllerType::Io {
-        // OAES: namespace attribute notices (bit 8), ANA change notices (11).
-        put32(&mut b, 92, (1 << 8) | (1 << 11));
-    } else {
-        // Discovery log change notices (bit 31).
-        put32(&mut b, 92, 1 << 31);
-    }
-    b[111] = match i.kind {
-        ControllerType::Io => 1,
-        ControllerType::Discovery => 2,
-    };
+    let io = i.kind == ControllerType::Io;
+    let mut c: IdentifyController = zeroed();
+    // VID/SSVID 0: no PCI vendor; IEEE OUI 0.
+    put_ascii(&mut c.sn, 0, 20, i.serial);
+    put_ascii(&mut c.mn, 0, 40, MODEL);
+    put_ascii(&mut c.fr, 0, 8, FIRMWARE);
+    c.rab = 6;
+    // CMIC: multi-controller subsystem, ANA reporting.
+    c.cmic = if io { 0x02 | 0x08 } else { 0 };
+    c.mdts = i.mdts;
+    c.cntlid = i.cntlid.into();
+    c.ver = VERSION.into();
+    // OAES: namespace attribute (8) and ANA change (11) notices; discovery
+    // controllers: discovery log change notices (31).
+    c.oaes = if io { (1u32 << 8) | (1 << 11) } else { 1 << 31 }.into();
+    c.cntrltype = if io { 1 } else { 2 };
     // OACS 0: no namespace management, format, firmware download.
-    b[258] = 3; // ACL: 4 concurrent aborts
-    b[259] = 3; // AERL: 4 outstanding AERs
-    b[260] = 0x03; // FRMW: slot 1 read-only, 1 slot
-    b[261] = 0x04 | 0x02; // LPA: extended data for Get Log Page, commands supported and effects
-    b[262] = 0; // ELPE: 1 error log entry
-    put16(&mut b, 320, 1); // KAS: 100 ms granularity
-    if i.kind == ControllerType::Io {
-        b[342] = 10; // ANATT: 10 s
-                     // ANACAP: optimized, non-optimized, inaccessible, persistent loss,
-                     // change states; ANAGRPID does not change while attached (bit 7).
-        b[343] = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
-        put32(&mut b, 344, 1); // ANAGRPMAX
-        put32(&mut b, 348, 1); // NANAGRPID
+    c.acl = 3; // 4 concurrent aborts
+    c.aerl = 3; // 4 outstanding AERs
+    c.frmw = 0x03; // slot 1 read-only, 1 slot
+    c.lpa = 0x04 | 0x02; // extended Get Log Page data, commands supported and effects
+    c.kas = 1.into(); // 100 ms granularity
+    if io {
+        c.anatt = 10;
+        // Optimized, non-optimized, inaccessible, persistent loss, change;
+        // ANAGRPID does not change while attached (bit 7).
+        c.anacap = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x80;
+        c.anagrpmax = 1.into();
+        c.nanagrpid = 1.into();
+        // ONCS: Dataset Management (2), Write Zeroes (3).
+        c.oncs = ((1u16 << 2) | (1 << 3)).into();
+        c.vwc = u8::from(i.vwc);
+        c.awun = i.awun.into();
+        c.awupf = i.awun.into();
     }
-    b[512] = 0x66; // SQES: 64 bytes
-    b[513] = 0x44; // CQES: 16 bytes
-    put16(&mut b, 514, 128); // MAXCMD
-    put32(
-        &mut b,
-        516,
-        if i.kind == ControllerType::Io { 1 } else { 0 },
-    ); // NN
-    if i.kind == ControllerType::Io {
-        // ONCS: DSM (bit 2), Write Zeroes (bit 3), Write Zeroes deallocate
-        // is implied by DLFEAT.
-        put16(&mut b, 520, (1 << 2) | (1 << 3));
-        b[525] = u8::from(i.vwc); // VWC
-        put16(&mut b, 526, i.awun); // AWUN
-        put16(&mut b, 528, i.awun); // AWUPF
-    }
-    // SGLS: SGLs supported (bit 0), offset-addressed in-capsule data (20).
-    put32(&mut b, 536, 1 | (1 << 20));
-    put32(
-        &mut b,
-        540,
-        if i.kind == ControllerType::Io { 1 } else { 0 },
-    ); // MNAN
-    put_str(&mut b, 768, 256, i.subnqn);
-    // Fabrics: IOCCSZ in 16-byte units (SQE + in-capsule data), IORCSZ.
-    put32(&mut b, 1792, 4 + i.inline_data / 16);
-    put32(&mut b, 1796, 1);
-    put16(&mut b, 1800, 0); // ICDOFF
-    b[1802] = 0; // FCATT: dynamic controller model
-    b[1803] = 1; // MSDBD
-                 // Power state 0: max power 0, entry/exit latency 0.
-    b
+    c.sqes = 0x66;
+    c.cqes = 0x44;
+    c.maxcmd = 128.into();
+    c.nn = u32::from(io).into();
+    c.mnan = u32::from(io).into();
+    // SGLs supported (0), offset-addressed in-capsule data (20).
+    c.sgls = (1u32 | (1 << 20)).into();
+    put_str(&mut c.subnqn, 0, 256, i.subnqn);
+    // Fabrics: IOCCSZ (SQE + in-capsule data, 16-byte units), IORCSZ.
+    c.ioccsz = (4 + i.inline_data / 16).into();
+    c.iorcsz = 1.into();
+    c.msdbd = 1;
+    c.as_bytes().to_vec()
 }
 
 /// What Identify Namespace reports.
@@ -165,28 +139,26 @@ pub struct NamespaceInfo {
 
 /// Identify Namespace (CNS 00h), 4096 bytes.
 pub fn namespace(n: &NamespaceInfo) -> Vec<u8> {
-    let mut b = vec![0u8; PAGE];
-    put64(&mut b, 0, n.blocks); // NSZE
-    put64(&mut b, 8, n.blocks); // NCAP
-    put64(&mut b, 16, n.blocks); // NUSE
-                                 // NSFEAT: thin provisioning (0), NAWUN/NAWUPF/NACWU valid (1),
-                                 // deallocated or unwritten logical block error... not set.
-    b[24] = 0x01 | 0x02;
-    b[25] = 0; // NLBAF: one format
-    b[26] = 0; // FLBAS: format 0
-    b[30] = 0x01; // NMIC: may be attached to several controllers
-                  // DLFEAT: deallocated blocks read as zeros (001b), Write Zeroes may
-                  // deallocate (bit 3).
-    b[33] = 0x01 | 0x08;
-    put16(&mut b, 34, n.nawun); // NAWUN
-    put16(&mut b, 36, n.nawun); // NAWUPF
-    put32(&mut b, 92, n.anagrpid); // ANAGRPID
-    b[104..120].copy_from_slice(&n.nguid);
-    b[120..128].copy_from_slice(&n.eui64);
-    // LBA format 0: no metadata, LBADS = log2(block size), best
-    // performance.
-    b[128 + 2] = u8::try_from(n.block_size.trailing_zeros()).unwrap_or(12);
-    b
+    let mut ns: IdentifyNamespace = zeroed();
+    ns.nsze = n.blocks.into();
+    ns.ncap = n.blocks.into();
+    ns.nuse = n.blocks.into();
+    // NSFEAT: thin provisioning (0), NAWUN/NAWUPF valid (1).
+    ns.nsfeat = 0x01 | 0x02;
+    ns.nlbaf = 0; // one format
+    ns.flbas = 0; // format 0
+    ns.nmic = 0x01; // may be attached to several controllers
+                    // DLFEAT: deallocated blocks read as zeros (001b), Write Zeroes may
+                    // deallocate (bit 3).
+    ns.dlfeat = 0x01 | 0x08;
+    ns.nawun = n.nawun.into();
+    ns.nawupf = n.nawun.into();
+    ns.anagrpid = n.anagrpid.into();
+    ns.nguid = n.nguid;
+    ns.eui64 = n.eui64;
+    // LBA format 0: no metadata, LBADS = log2(block size).
+    ns.lbaf[0].lbads = u8::try_from(n.block_size.trailing_zeros()).unwrap_or(12);
+    ns.as_bytes().to_vec()
 }
 
 /// Namespace Identification Descriptor list (CNS 03h): NGUID, UUID, CSI.
@@ -214,17 +186,17 @@ pub fn active_ns_list(after: u32) -> Vec<u8> {
 
 /// SMART / Health Information log (02h), 512 bytes.
 pub fn smart(data_read: u64, data_written: u64, reads: u64, writes: u64, hours: u64) -> Vec<u8> {
-    let mut b = vec![0u8; 512];
-    put16(&mut b, 1, 273 + 25); // composite temperature, kelvin
-    b[3] = 100; // available spare
-    b[4] = 10; // available spare threshold
-               // Data units are thousands of 512-byte units, rounded up.
-    put64(&mut b, 32, data_read.div_ceil(512_000));
-    put64(&mut b, 48, data_written.div_ceil(512_000));
-    put64(&mut b, 64, reads);
-    put64(&mut b, 80, writes);
-    put64(&mut b, 128, hours);
-    b
+    let mut l: SmartLog = zeroed();
+    l.temperature = (273 + 25).into(); // kelvin
+    l.avail_spare = 100;
+    l.spare_thresh = 10;
+    // Data units: thousands of 512-byte units, rounded up.
+    l.data_units_read[0] = data_read.div_ceil(512_000).into();
+    l.data_units_written[0] = data_written.div_ceil(512_000).into();
+    l.host_reads[0] = reads.into();
+    l.host_writes[0] = writes.into();
+    l.power_on_hours[0] = hours.into();
+    l.as_bytes().to_vec()
 }
 
 /// Firmware Slot Information log (03h), 512 bytes.
@@ -252,16 +224,22 @@ pub mod ana {
 /// ANA log (0Ch) with one group holding namespace 1; `groups_only` (RGO)
 /// leaves the NSID list out.
 pub fn ana_log(change_count: u64, group: u32, state: u8, groups_only: bool) -> Vec<u8> {
-    let mut b = vec![0u8; 16 + 32 + if groups_only { 0 } else { 4 }];
-    put64(&mut b, 0, change_count);
-    put16(&mut b, 8, 1); // one group descriptor
-    let d = 16;
-    put32(&mut b, d, group);
-    put32(&mut b, d + 4, if groups_only { 0 } else { 1 });
-    put64(&mut b, d + 8, change_count);
-    b[d + 16] = state;
+    let h = AnaLogHeader {
+        chgcnt: change_count.into(),
+        ngrps: 1.into(),
+        rsvd: [0; 6],
+    };
+    let d = AnaGroupDescriptor {
+        grpid: group.into(),
+        nnsids: u32::from(!groups_only).into(),
+        chgcnt: change_count.into(),
+        state,
+        rsvd: [0; 15],
+    };
+    let mut b = h.as_bytes().to_vec();
+    b.extend_from_slice(d.as_bytes());
     if !groups_only {
-        put32(&mut b, d + 32, 1);
+        b.extend_from_slice(&1u32.to_le_bytes());
     }
     b
 }
@@ -316,23 +294,24 @@ pub struct DiscoveryEntry {
 
 /// Discovery log page (70h): 1024-byte header, 1024-byte entries.
 pub fn discovery_log(generation: u64, entries: &[DiscoveryEntry]) -> Vec<u8> {
-    let mut b = vec![0u8; 1024 * (1 + entries.len())];
-    put64(&mut b, 0, generation);
-    put64(&mut b, 8, entries.len() as u64);
-    put16(&mut b, 16, 0); // RECFMT
-    for (i, e) in entries.iter().enumerate() {
-        let o = 1024 * (i + 1);
-        b[o] = 3; // TRTYPE: TCP
-        b[o + 1] = if e.ipv6 { 2 } else { 1 }; // ADRFAM
-        b[o + 2] = e.subtype;
-        b[o + 3] = 0x02; // TREQ: secure channel not required
-        put16(&mut b, o + 4, e.portid);
-        put16(&mut b, o + 6, 0xffff); // CNTLID: dynamic
-        put16(&mut b, o + 8, 32); // ASQSZ
-        put_str(&mut b, o + 32, 32, &e.trsvcid);
-        put_str(&mut b, o + 256, 256, &e.subnqn);
-        put_str(&mut b, o + 512, 256, &e.traddr);
+    let mut h: DiscoveryLogHeader = zeroed();
+    h.genctr = generation.into();
+    h.numrec = (entries.len() as u64).into();
+    let mut b = h.as_bytes().to_vec();
+    for e in entries {
+        let mut d: DiscoveryLogEntry = zeroed();
+        d.trtype = 3; // TCP
+        d.adrfam = if e.ipv6 { 2 } else { 1 };
+        d.subtype = e.subtype;
+        d.treq = 0x02; // secure channel not required
+        d.portid = e.portid.into();
+        d.cntlid = 0xffff.into(); // dynamic
+        d.asqsz = 32.into();
+        put_str(&mut d.trsvcid, 0, 32, &e.trsvcid);
+        put_str(&mut d.subnqn, 0, 256, &e.subnqn);
+        put_str(&mut d.traddr, 0, 256, &e.traddr);
         // TSAS for TCP: SECTYPE 0 (none).
+        b.extend_from_slice(d.as_bytes());
     }
     b
 }

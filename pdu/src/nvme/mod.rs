@@ -6,6 +6,7 @@
 //! [`parse_header`] validates it and decodes the PDU-specific header that
 //! follows into a [`TcpPdu`]. All multi-byte fields are little endian.
 
+pub mod admin;
 pub mod fabrics;
 mod queue;
 mod tcp;
