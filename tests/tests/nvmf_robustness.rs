@@ -202,6 +202,26 @@ fn hostile_hosts_do_not_harm_other_associations() {
     assert!(terminated(&mut q, None));
     victim_ok(&mut v, &data);
 
+    // An H2CData PDU longer than MAXH2CDATA: data limit exceeded (05h).
+    let mut q = Queue::io(s.nvmf, cntlid, 4, &sub, HOST, false).unwrap();
+    let n = 128u32; // blocks: 512 KiB (within MDTS), more than MAXH2CDATA
+    let mut s3 = Queue::rw_sqe(true, 0, n, false);
+    s3[32..36].copy_from_slice(&(n * BS).to_le_bytes());
+    s3[39] = 0x5a;
+    let mut h = vec![0u8; 8 + 64];
+    h[8..].copy_from_slice(&s3);
+    q.send_pdu(PduType::CapsuleCmd, h, &[], 0).unwrap();
+    let r2t = q.recv().unwrap();
+    assert_eq!(r2t.kind, PduType::R2t.value());
+    let big = (q.max_h2c + 4096) as u32;
+    let mut dh = vec![0u8; 24];
+    dh[8..10].copy_from_slice(&r2t.header[8..10]);
+    dh[10..12].copy_from_slice(&r2t.header[10..12]);
+    dh[16..20].copy_from_slice(&big.to_le_bytes());
+    let _ = q.send_pdu(PduType::H2cData, dh, &vec![1u8; big as usize], 0);
+    assert!(terminated(&mut q, Some(0x05)), "H2CData beyond MAXH2CDATA");
+    victim_ok(&mut v, &data);
+
     // Fuzzed PDUs after a good connect.
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for _ in 0..200 {
