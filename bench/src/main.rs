@@ -40,6 +40,9 @@ enum Cmd {
         /// keel's reactor poll mode.
         #[arg(long, default_value = "adaptive")]
         poll_mode: String,
+        /// Runs of the whole set; the report shows per-metric medians.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// The volume engine on every compiled backend against the raw
     /// pwrite+fdatasync limit of the same file system.
@@ -118,11 +121,17 @@ fn run(cli: Cli) -> Result<()> {
             dir,
             seconds,
             poll_mode,
+            runs,
         } => {
             let base = dir.unwrap_or_else(|| PathBuf::from("target/bench-tmp"));
             std::fs::create_dir_all(&base)?;
-            let tmp = tempfile::tempdir_in(&base)?;
-            let v = keel_bench::targets::run(tmp.path(), seconds, &poll_mode)?;
+            let mut all = Vec::new();
+            for i in 0..runs.max(1) {
+                eprintln!("keel-bench targets: run {} of {}", i + 1, runs.max(1));
+                let tmp = tempfile::tempdir_in(&base)?;
+                all.push(keel_bench::targets::run(tmp.path(), seconds, &poll_mode)?);
+            }
+            let v = keel_bench::targets::median_of(&all);
             if json {
                 println!("{v}");
             } else {

@@ -630,6 +630,39 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str) -> Result<Value> {
     )
 }
 
+/// Per-leaf medians of several runs of [`run`] (same shape): every number
+/// becomes the median of that number across runs.
+pub fn median_of(runs: &[Value]) -> Value {
+    fn merge(vals: &[&Value]) -> Value {
+        match vals.first() {
+            Some(Value::Object(m)) => {
+                let mut out = serde_json::Map::new();
+                for k in m.keys() {
+                    let sub: Vec<&Value> = vals.iter().filter_map(|v| v.get(k)).collect();
+                    out.insert(k.clone(), merge(&sub));
+                }
+                Value::Object(out)
+            }
+            Some(Value::Array(a)) => Value::Array(
+                (0..a.len())
+                    .map(|i| merge(&vals.iter().filter_map(|v| v.get(i)).collect::<Vec<_>>()))
+                    .collect(),
+            ),
+            Some(Value::Number(_)) => {
+                let mut n: Vec<f64> = vals.iter().filter_map(|v| v.as_f64()).collect();
+                n.sort_by(f64::total_cmp);
+                json!(n.get(n.len() / 2).copied().unwrap_or(0.0))
+            }
+            Some(v) => (*v).clone(),
+            None => Value::Null,
+        }
+    }
+    let refs: Vec<&Value> = runs.iter().collect();
+    let mut m = merge(&refs);
+    m["runs"] = json!(runs.len());
+    m
+}
+
 /// Render the JSON of [`run`] as a table with the goals.
 pub fn table(v: &Value) -> String {
     let mut s = String::new();
@@ -698,4 +731,33 @@ pub fn drain(mut r: impl Read) -> String {
     let mut s = String::new();
     let _ = r.read_to_string(&mut s);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_per_leaf() {
+        let runs = [
+            json!({"rows": [{"workload": "a", "x": {"iops": 10.0}}], "seconds": 3}),
+            json!({"rows": [{"workload": "a", "x": {"iops": 30.0}}], "seconds": 3}),
+            json!({"rows": [{"workload": "a", "x": {"iops": 20.0}}], "seconds": 3}),
+        ];
+        let m = median_of(&runs);
+        assert_eq!(m["rows"][0]["x"]["iops"], 20.0);
+        assert_eq!(m["rows"][0]["workload"], "a");
+        assert_eq!(m["runs"], 3);
+    }
+
+    #[test]
+    fn proc_stat_cpu_of_this_process() {
+        let t0 = cpu_seconds(std::process::id());
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x != 1);
+        assert!(cpu_seconds(std::process::id()) > t0);
+    }
 }
