@@ -295,8 +295,8 @@ fn engine_sense(e: &EngineError, write: bool) -> (u8, Option<Sense>) {
 /// A Data-Out out of DataSN order: at error recovery level 0 the data of
 /// the command cannot be recovered, so the command ends with ABORTED
 /// COMMAND / DATA PHASE ERROR once its outstanding Data-Out sequences are
-/// over (the initiator may retry it), nothing of it is written, and the
-/// session goes on.
+/// over (the initiator may retry it), nothing after the error is written
+/// (full chunks streamed before it may have been), and the session goes on.
 fn data_sequence_error(t: &mut Task) {
     t.reject_with = Some((
         status::CHECK_CONDITION,
@@ -1164,6 +1164,31 @@ impl IscsiConn {
         let start = (offset as usize).min(want);
         let end = (offset as usize + data.len()).min(want);
         t.got = t.got.saturating_add(u32_len(end - start));
+        // Stream full chunks of a plain write to the engine as they fill,
+        // so a large write never holds more than the data in flight.
+        let bs = self.block_size as usize;
+        let Work::Write {
+            lba,
+            fua,
+            atomic: false,
+        } = t.work
+        else {
+            return;
+        };
+        if want % bs != 0 {
+            return;
+        }
+        let mut ready = Vec::new();
+        for c in start / CHUNK..end.div_ceil(CHUNK).min(t.data.len()) {
+            let size = CHUNK.min(want - c * CHUNK);
+            if t.data[c].len() == size {
+                ready.push((c, std::mem::take(&mut t.data[c])));
+            }
+        }
+        for (c, buf) in ready {
+            let at = lba + (c * CHUNK / bs) as u64;
+            self.submit(slot, Op::Write { lba: at, buf, fua });
+        }
     }
 
     /// Move a task forward: answer a rejected one, issue R2Ts, start the
@@ -1490,7 +1515,12 @@ impl IscsiConn {
 
     fn submit_writes(&mut self, slot: usize, lba: u64, fua: bool, chunks: Vec<Vec<u8>>) {
         let bs = u64::from(self.block_size);
-        for (i, buf) in chunks.into_iter().enumerate() {
+        // Empty chunks went to the engine already (streamed as they filled).
+        for (i, buf) in chunks
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+        {
             let at = lba + (i * CHUNK) as u64 / bs;
             self.submit(slot, Op::Write { lba: at, buf, fua });
         }
@@ -1827,6 +1857,11 @@ impl IscsiConn {
             return;
         };
         if t.ops > 0 {
+            return;
+        }
+        // A write whose data is still arriving (its first chunks may have
+        // completed already) is not done.
+        if matches!(t.work, Work::Write { .. }) && t.reject_with.is_none() {
             return;
         }
         if let Work::Read { .. } = t.work {
