@@ -325,3 +325,64 @@ mutual_chap = { user = "keel", secret = "target-secret-1" }
         "the initiator must refuse a target that fails mutual CHAP"
     );
 }
+
+#[test]
+fn target_pings_idle_initiators_and_drops_silent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("keel.toml");
+    std::fs::write(
+        &cfg,
+        "[iscsi]\nnop_interval_secs = 1\nnop_timeout_secs = 2\n",
+    )
+    .unwrap();
+    let s = ServerProcess::start(
+        Path::new(SERVER),
+        dir.path(),
+        &["vol0:16MiB"],
+        &["--config", cfg.to_str().unwrap()],
+    );
+    // An initiator that answers the pings stays connected.
+    let mut good = Client::connect(s.iscsi).unwrap();
+    good.login(INI, Some(&iqn("vol0")), None).unwrap();
+    // One that never answers is dropped.
+    let mut silent = Client::connect(s.iscsi).unwrap();
+    silent
+        .login("iqn.2026-11.io.keel.test:silent", Some(&iqn("vol0")), None)
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(5) {
+        match good.recv() {
+            Ok(r) => {
+                if let Pdu::NopIn(n) = r.pdu {
+                    assert_eq!(n.itt, 0xffff_ffff, "a target ping has no ITT");
+                    assert_ne!(n.ttt, 0xffff_ffff, "and asks for an answer with its TTT");
+                    pings += 1;
+                    let a = keel_pdu::iscsi::Nop {
+                        immediate: true,
+                        itt: 0xffff_ffff,
+                        ttt: n.ttt,
+                        sn: good.cmd_sn,
+                        exp_sn: good.exp_stat_sn,
+                        ..keel_pdu::iscsi::Nop::default()
+                    };
+                    good.send(&a.encode(true), &[]).unwrap();
+                }
+            }
+            Err(e) => panic!("the answering initiator lost its connection: {e}"),
+        }
+    }
+    assert!(pings >= 2, "pings: {pings}");
+    // Still usable.
+    assert_eq!(good.read16(0, 1, BS).unwrap().status, 0);
+    // The silent one got a ping and, unanswered, a closed connection.
+    let mut got_ping = false;
+    let closed_after = loop {
+        match silent.recv() {
+            Ok(r) => got_ping |= matches!(r.pdu, Pdu::NopIn(_)),
+            Err(_) => break t0.elapsed(),
+        }
+    };
+    assert!(got_ping);
+    assert!(closed_after < Duration::from_secs(8), "{closed_after:?}");
+}

@@ -223,7 +223,8 @@ pub struct IscsiConn {
     tmfs: Vec<PendingTmf>,
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
-    timer_armed: Rc<Cell<bool>>,
+    /// When the wake-up timer armed last is due (None: not armed).
+    timer_due: Rc<Cell<Option<Instant>>>,
     logout_after_flush: bool,
     discovery: bool,
 }
@@ -369,7 +370,7 @@ impl IscsiConn {
             tmfs: Vec::new(),
             last_rx: Instant::now(),
             ping: None,
-            timer_armed: Rc::new(Cell::new(false)),
+            timer_due: Rc::new(Cell::new(None)),
             logout_after_flush: false,
             discovery: false,
         }
@@ -2229,6 +2230,7 @@ impl IscsiConn {
                         max_cmd_sn: self.max_cmd_sn(),
                     };
                     self.send(out, &n.encode(false), &[]);
+                    tracing::debug!(peer = %self.peer, ttt, "NOP-In ping to an idle initiator");
                     self.ping = Some((ttt, now));
                 }
             }
@@ -2357,16 +2359,24 @@ impl Protocol for IscsiConn {
                 return false;
             }
         }
-        // Wake up for the login timeout or the next NOP-In.
-        if !self.timer_armed.get() {
-            let delay = match self.phase {
-                Phase::Login(_) => self.portal.login_timeout,
-                _ => self.portal.nop_interval.min(self.portal.nop_timeout),
-            }
-            .max(Duration::from_millis(100));
-            let flag = self.timer_armed.clone();
-            flag.set(true);
-            cx.add_timer(delay / 2, move |_| flag.set(false));
+        // Wake up for the login timeout or the next NOP-In. A timer armed
+        // for a later moment (e.g. during login) does not hold back an
+        // earlier one.
+        let delay = match self.phase {
+            Phase::Login(_) => self.portal.login_timeout,
+            _ => self.portal.nop_interval.min(self.portal.nop_timeout),
+        }
+        .max(Duration::from_millis(100))
+            / 2;
+        let want = cx.now() + delay;
+        if self
+            .timer_due
+            .get()
+            .is_none_or(|due| due > want + delay / 2)
+        {
+            let due = self.timer_due.clone();
+            due.set(Some(want));
+            cx.add_timer(delay, move |_| due.set(None));
         }
         true
     }
