@@ -326,6 +326,34 @@ impl<P: Protocol> Connection<P, EpollSocket> {
     }
 }
 
+impl<P: Protocol + 'static> Connection<P, EpollSocket> {
+    /// Wrap `stream` (configured, non-blocking) in a connection on the
+    /// socket I/O the calling reactor runs ([`Context::socket_io`]).
+    pub fn boxed(
+        stream: std::net::TcpStream,
+        proto: P,
+        cfg: ConnectionConfig,
+        account: Option<PoolAccount>,
+        cx: &mut Context,
+    ) -> io::Result<Box<dyn Poller>> {
+        match cx.socket_io() {
+            crate::SocketIoKind::Epoll => {
+                Ok(Box::new(Connection::new(stream, proto, cfg, account, cx)?))
+            }
+            #[cfg(feature = "sockets-uring")]
+            crate::SocketIoKind::Uring => {
+                let sock = crate::socket_uring::UringSocket::new(stream, cx)?;
+                Ok(Box::new(Connection::with_socket(sock, proto, cfg, account)))
+            }
+            #[cfg(not(feature = "sockets-uring"))]
+            crate::SocketIoKind::Uring => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring socket I/O is not compiled in",
+            )),
+        }
+    }
+}
+
 impl<P: Protocol, S: SocketIo> Connection<P, S> {
     /// Wrap a socket of any backend.
     pub fn with_socket(

@@ -183,6 +183,9 @@ pub(crate) struct Polled {
     pub events: usize,
     /// The mailbox eventfd was readable.
     pub mailbox: bool,
+    /// The event buffer was full: more may be waiting.
+    #[cfg_attr(not(feature = "sockets-uring"), allow(dead_code))]
+    pub full: bool,
 }
 
 impl Epoll {
@@ -259,6 +262,12 @@ impl Epoll {
         self.core.dropped.set(0);
     }
 
+    /// The epoll fd itself (an io_uring socket ring watches it).
+    #[cfg(feature = "sockets-uring")]
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        rustix::fd::AsRawFd::as_raw_fd(&self.core.epfd)
+    }
+
     /// Registered fds (the mailbox eventfd not included).
     pub(crate) fn live(&mut self) -> usize {
         self.sweep();
@@ -283,7 +292,10 @@ impl Epoll {
             Err(rustix::io::Errno::INTR) => return Ok(Polled::default()),
             Err(e) => return Err(e.into()),
         }
-        let mut polled = Polled::default();
+        let mut polled = Polled {
+            full: self.events.len() == self.events.capacity(),
+            ..Polled::default()
+        };
         for ev in &self.events {
             let token = ev.data.u64();
             if token == MAILBOX_TOKEN {

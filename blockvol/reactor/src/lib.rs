@@ -4,9 +4,10 @@
 //! connections and loops over socket I/O, engine completions, timers and
 //! cross-reactor mailboxes, in one of three poll modes (busy, adaptive,
 //! interrupt). Buffers come from a tiered pool (4 KiB / 64 KiB / 256 KiB)
-//! with a bounded size and per-owner quotas. Socket I/O is epoll readiness
-//! plus non-blocking `recv`/`sendmsg` today; [`SocketIo`] is the seam for an
-//! io_uring backend.
+//! with a bounded size and per-owner quotas. Socket I/O is either epoll
+//! readiness plus non-blocking `recv`/`sendmsg`, or `recv`/`send` on a
+//! per-reactor io_uring (feature `sockets-uring`, [`SocketIoKind`]); both sit
+//! behind [`SocketIo`].
 //!
 //! ```text
 //!            other threads (reactors, tokio, engine workers)
@@ -49,6 +50,8 @@ pub mod poll_mode;
 mod reactor;
 pub mod socket;
 pub mod socket_epoll;
+#[cfg(feature = "sockets-uring")]
+pub mod socket_uring;
 mod stats;
 pub mod timer;
 mod wake;
@@ -62,7 +65,9 @@ pub use listener::{ConnectionFactory, Listener, ListenerConfig};
 pub use mailbox::{Message, PostError};
 pub use poll_mode::{ParsePollModeError, PollMode, DEFAULT_ADAPTIVE_SPIN};
 pub use reactor::{Context, PollResult, Poller, ReactorConfig, ReactorError, ReactorPool, Remote};
-pub use socket::{SocketConfig, SocketIo};
+pub use socket::{ParseSocketIoError, SocketConfig, SocketIo, SocketIoKind};
 pub use socket_epoll::EpollSocket;
+#[cfg(feature = "sockets-uring")]
+pub use socket_uring::UringSocket;
 pub use stats::{thread_cpu_time, ReactorCounters};
 pub use timer::TimerId;

@@ -12,6 +12,7 @@ use crate::buffer_pool::{BufferPool, BufferPoolConfig, PoolConfigError};
 use crate::epoll::{Epoll, Interest, Registration};
 use crate::mailbox::{Mailbox, Message, PostError};
 use crate::poll_mode::PollMode;
+use crate::socket::SocketIoKind;
 use crate::stats::{ReactorCounters, ReactorStats};
 use crate::timer::{TimerHeap, TimerId};
 
@@ -70,6 +71,8 @@ pub struct ReactorConfig {
     pub buffer_pool: BufferPoolConfig,
     /// Thread name prefix (`<name>-<index>`).
     pub name: String,
+    /// Socket I/O of the connections ([`crate::Connection::boxed`]).
+    pub socket_io: SocketIoKind,
 }
 
 impl Default for ReactorConfig {
@@ -82,6 +85,7 @@ impl Default for ReactorConfig {
             messages_per_iteration: 64,
             buffer_pool: BufferPoolConfig::default(),
             name: "keel-reactor".to_owned(),
+            socket_io: SocketIoKind::default(),
         }
     }
 }
@@ -99,6 +103,9 @@ pub enum ReactorError {
     /// The buffer pool configuration is invalid.
     #[error("Invalid buffer pool configuration")]
     BufferPool(#[from] PoolConfigError),
+    /// The socket I/O backend is not compiled into this build.
+    #[error("Socket I/O backend unavailable: {0} support is not compiled in (cargo feature sockets-uring)")]
+    SocketIoUnavailable(SocketIoKind),
     /// A system resource (thread, epoll, eventfd) could not be created.
     #[error("Cannot start reactor")]
     Io(#[from] io::Error),
@@ -114,6 +121,9 @@ impl ReactorConfig {
             return Err(ReactorError::ZeroMailbox);
         }
         self.buffer_pool.validate()?;
+        if !self.socket_io.compiled_in() {
+            return Err(ReactorError::SocketIoUnavailable(self.socket_io));
+        }
         Ok(())
     }
 }
@@ -191,6 +201,9 @@ pub struct Context {
     pool: Arc<BufferPool>,
     new_pollers: Vec<Box<dyn Poller>>,
     stop: bool,
+    socket_io: SocketIoKind,
+    #[cfg(feature = "sockets-uring")]
+    ring: Option<std::rc::Rc<std::cell::RefCell<crate::socket_uring::SockRing>>>,
 }
 
 impl Context {
@@ -259,6 +272,18 @@ impl Context {
         self.timers.cancel(id)
     }
 
+    /// The socket I/O this reactor runs.
+    pub fn socket_io(&self) -> SocketIoKind {
+        self.socket_io
+    }
+
+    #[cfg(feature = "sockets-uring")]
+    pub(crate) fn socket_ring(
+        &self,
+    ) -> Option<std::rc::Rc<std::cell::RefCell<crate::socket_uring::SockRing>>> {
+        self.ring.clone()
+    }
+
     /// Stop this reactor after the current iteration.
     pub fn stop(&mut self) {
         self.stop = true;
@@ -271,6 +296,7 @@ pub struct ReactorPool {
     threads: Vec<JoinHandle<()>>,
     pool: Arc<BufferPool>,
     mode: PollMode,
+    socket_io: SocketIoKind,
 }
 
 impl std::fmt::Debug for ReactorPool {
@@ -278,6 +304,7 @@ impl std::fmt::Debug for ReactorPool {
         f.debug_struct("ReactorPool")
             .field("reactors", &self.remotes.len())
             .field("mode", &self.mode)
+            .field("socket_io", &self.socket_io)
             .finish()
     }
 }
@@ -305,6 +332,7 @@ impl ReactorPool {
             threads: Vec::with_capacity(cfg.reactors),
             pool: pool.clone(),
             mode: cfg.poll_mode,
+            socket_io: cfg.socket_io,
         };
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         for index in 0..cfg.reactors {
@@ -312,13 +340,14 @@ impl ReactorPool {
             let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[index % cfg.cpus.len()]);
             let mode = cfg.poll_mode;
             let batch = cfg.messages_per_iteration;
+            let socket_io = cfg.socket_io;
             let thread = std::thread::Builder::new()
                 .name(format!("{}-{index}", cfg.name))
                 .spawn(move || {
                     if let Some(cpu) = cpu {
                         pin_to(cpu);
                     }
-                    match Reactor::new(index, remotes, pool, mode, batch) {
+                    match Reactor::new(index, remotes, pool, mode, batch, socket_io) {
                         Ok(mut r) => {
                             let _ = ready.send(Ok(()));
                             r.run();
@@ -394,6 +423,11 @@ impl ReactorPool {
         self.mode
     }
 
+    /// The socket I/O the reactors run.
+    pub fn socket_io(&self) -> SocketIoKind {
+        self.socket_io
+    }
+
     /// Stop every reactor (pollers get [`Poller::shutdown`]) and join the
     /// threads. Idempotent.
     pub fn stop(&mut self) {
@@ -444,9 +478,17 @@ impl Reactor {
         pool: Arc<BufferPool>,
         mode: PollMode,
         batch: usize,
+        socket_io: SocketIoKind,
     ) -> io::Result<Reactor> {
         let shared = remotes[index].shared.clone();
         let epoll = Epoll::new(shared.mailbox.fd())?;
+        #[cfg(feature = "sockets-uring")]
+        let ring = match socket_io {
+            SocketIoKind::Uring => Some(std::rc::Rc::new(std::cell::RefCell::new(
+                crate::socket_uring::SockRing::new(epoll.raw_fd())?,
+            ))),
+            SocketIoKind::Epoll => None,
+        };
         Ok(Reactor {
             cx: Context {
                 index,
@@ -457,6 +499,9 @@ impl Reactor {
                 pool,
                 new_pollers: Vec::new(),
                 stop: false,
+                socket_io,
+                #[cfg(feature = "sockets-uring")]
+                ring,
             },
             shared,
             pollers: Vec::new(),
@@ -479,6 +524,12 @@ impl Reactor {
                 last_work = now;
             }
             c.pollers = self.pollers.len() as u64;
+            #[cfg(feature = "sockets-uring")]
+            if let Some(ring) = &self.cx.ring {
+                let rc = ring.borrow().counters;
+                c.ring_enters = rc.enters;
+                c.ring_completions = rc.completions;
+            }
             if self.cx.stop || self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
@@ -514,12 +565,28 @@ impl Reactor {
 
         let live = self.cx.epoll.live();
         self.counters.registrations = live as u64;
-        if live > 0 {
+        // With io_uring sockets the ring watches the epoll fd: epoll is
+        // polled only when it has something (no system call while idle).
+        #[allow(unused_mut)]
+        let mut epoll_due = live > 0;
+        #[cfg(feature = "sockets-uring")]
+        if let Some(ring) = &self.cx.ring {
+            let mut r = ring.borrow_mut();
+            work += r.reap();
+            epoll_due = r.take_epoll_ready();
+        }
+        if epoll_due {
             match self.cx.epoll.poll(Some(Duration::ZERO)) {
                 Ok(p) => {
                     work += p.events;
                     if p.mailbox {
                         self.shared.mailbox.drain();
+                    }
+                    #[cfg(feature = "sockets-uring")]
+                    if p.full {
+                        if let Some(ring) = &self.cx.ring {
+                            ring.borrow_mut().set_epoll_ready();
+                        }
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "epoll_wait failed"),
@@ -543,6 +610,11 @@ impl Reactor {
             self.pollers.append(&mut self.cx.new_pollers);
             work += 1;
         }
+        #[cfg(feature = "sockets-uring")]
+        if let Some(ring) = &self.cx.ring {
+            // Everything the pollers queued goes to the kernel in one enter.
+            ring.borrow_mut().flush();
+        }
         work
     }
 
@@ -563,6 +635,32 @@ impl Reactor {
             .map(|d| ceil_ms(d.saturating_duration_since(Instant::now())));
         self.counters.sleeps += 1;
         self.shared.stats.publish(&self.counters);
+        #[cfg(feature = "sockets-uring")]
+        if let Some(ring) = self.cx.ring.clone() {
+            // Sleep in the ring: socket completions and the epoll fd (which
+            // it watches) both wake it.
+            let mut r = ring.borrow_mut();
+            r.wait(timeout);
+            r.reap();
+            let due = r.take_epoll_ready();
+            drop(r);
+            self.shared.mailbox.wake();
+            if due {
+                match self.cx.epoll.poll(Some(Duration::ZERO)) {
+                    Ok(p) => {
+                        if p.mailbox {
+                            self.shared.mailbox.drain();
+                            self.counters.wakeups += 1;
+                        }
+                        if p.full {
+                            ring.borrow_mut().set_epoll_ready();
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "epoll_wait failed"),
+                }
+            }
+            return;
+        }
         let polled = self.cx.epoll.poll(timeout);
         self.shared.mailbox.wake();
         match polled {
@@ -601,9 +699,14 @@ mod tests {
     use std::sync::mpsc::channel;
 
     fn start(reactors: usize, mode: PollMode) -> ReactorPool {
+        start_io(reactors, mode, SocketIoKind::Epoll)
+    }
+
+    fn start_io(reactors: usize, mode: PollMode, socket_io: SocketIoKind) -> ReactorPool {
         ReactorPool::start(&ReactorConfig {
             reactors,
             poll_mode: mode,
+            socket_io,
             ..ReactorConfig::default()
         })
         .unwrap()
@@ -650,7 +753,17 @@ mod tests {
 
     #[test]
     fn mailbox_wakes_a_sleeping_reactor_in_interrupt_mode() {
-        let pool = start(1, PollMode::Interrupt);
+        mailbox_wakes_a_sleeping_reactor_in_interrupt_mode_on(SocketIoKind::Epoll);
+    }
+
+    #[cfg(feature = "sockets-uring")]
+    #[test]
+    fn mailbox_wakes_a_sleeping_reactor_in_interrupt_mode_io_uring() {
+        mailbox_wakes_a_sleeping_reactor_in_interrupt_mode_on(SocketIoKind::Uring);
+    }
+
+    fn mailbox_wakes_a_sleeping_reactor_in_interrupt_mode_on(socket_io: SocketIoKind) {
+        let pool = start_io(1, PollMode::Interrupt, socket_io);
         let r = pool.remote(0).unwrap().clone();
         for round in 0..20u64 {
             // Let it fall asleep, then post from another thread.
@@ -746,7 +859,17 @@ mod tests {
 
     #[test]
     fn adaptive_reactor_sleeps_when_idle() {
-        let pool = start(1, PollMode::default());
+        adaptive_reactor_sleeps_when_idle_on(SocketIoKind::Epoll);
+    }
+
+    #[cfg(feature = "sockets-uring")]
+    #[test]
+    fn adaptive_reactor_sleeps_when_idle_io_uring() {
+        adaptive_reactor_sleeps_when_idle_on(SocketIoKind::Uring);
+    }
+
+    fn adaptive_reactor_sleeps_when_idle_on(socket_io: SocketIoKind) {
+        let pool = start_io(1, PollMode::default(), socket_io);
         // Some work first, so it starts from spinning.
         for _ in 0..100 {
             call(&pool, 0, |_| ());
@@ -815,7 +938,17 @@ mod tests {
 
     #[test]
     fn sleeping_reactor_wakes_on_a_registered_eventfd() {
-        let pool = start(1, PollMode::Interrupt);
+        sleeping_reactor_wakes_on_a_registered_eventfd_on(SocketIoKind::Epoll);
+    }
+
+    #[cfg(feature = "sockets-uring")]
+    #[test]
+    fn sleeping_reactor_wakes_on_a_registered_eventfd_io_uring() {
+        sleeping_reactor_wakes_on_a_registered_eventfd_on(SocketIoKind::Uring);
+    }
+
+    fn sleeping_reactor_wakes_on_a_registered_eventfd_on(socket_io: SocketIoKind) {
+        let pool = start_io(1, PollMode::Interrupt, socket_io);
         let engine = Arc::new(FakeEngine {
             done: crossbeam_queue::SegQueue::new(),
             armed: AtomicBool::new(false),

@@ -4,9 +4,10 @@
 //! [`SocketIo`] is what a [`Connection`](crate::Connection) needs from a
 //! socket: receive into spare capacity, send a gather list, and know whether
 //! trying is worthwhile. The epoll backend ([`crate::socket_epoll`]) does
-//! non-blocking `recv`/`sendmsg` on readiness; an io_uring backend
-//! (`socket_uring.rs` behind a `uring` cargo feature, later) implements the
-//! same trait with its own submissions and completions.
+//! non-blocking `recv`/`sendmsg` on readiness; the io_uring backend
+//! ([`crate::socket_uring`], cargo feature `sockets-uring`) implements the
+//! same trait with its own submissions and completions. A reactor pool runs
+//! one of them, chosen by [`SocketIoKind`].
 
 use std::io::{self, IoSlice};
 use std::net::TcpStream;
@@ -49,6 +50,58 @@ impl SocketConfig {
             s.set_send_buffer_size(n)?;
         }
         Ok(())
+    }
+}
+
+/// Which socket I/O a reactor pool runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SocketIoKind {
+    /// Edge-triggered epoll readiness and non-blocking `recv`/`sendmsg`.
+    #[default]
+    Epoll,
+    /// `recv`/`send` submitted to the reactor's io_uring (cargo feature
+    /// `sockets-uring`).
+    Uring,
+}
+
+impl SocketIoKind {
+    /// The configuration name: `epoll` or `io_uring`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketIoKind::Epoll => "epoll",
+            SocketIoKind::Uring => "io_uring",
+        }
+    }
+
+    /// Whether this build can run it.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            SocketIoKind::Epoll => true,
+            SocketIoKind::Uring => cfg!(feature = "sockets-uring"),
+        }
+    }
+}
+
+impl std::fmt::Display for SocketIoKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A socket I/O name that is not `epoll` or `io_uring`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Unknown socket I/O {0:?} (epoll, io_uring)")]
+pub struct ParseSocketIoError(pub String);
+
+impl std::str::FromStr for SocketIoKind {
+    type Err = ParseSocketIoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "epoll" => Ok(SocketIoKind::Epoll),
+            "io_uring" | "uring" => Ok(SocketIoKind::Uring),
+            _ => Err(ParseSocketIoError(s.to_owned())),
+        }
     }
 }
 

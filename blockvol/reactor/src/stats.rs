@@ -17,6 +17,8 @@ pub(crate) struct ReactorStats {
     timers_fired: AtomicU64,
     pollers: AtomicU64,
     registrations: AtomicU64,
+    ring_enters: AtomicU64,
+    ring_completions: AtomicU64,
 }
 
 /// A snapshot of a reactor's counters.
@@ -40,6 +42,10 @@ pub struct ReactorCounters {
     pub pollers: u64,
     /// Fds registered now.
     pub registrations: u64,
+    /// `io_uring_enter` calls of the socket ring (io_uring socket I/O).
+    pub ring_enters: u64,
+    /// Socket operations completed on the ring.
+    pub ring_completions: u64,
 }
 
 impl ReactorStats {
@@ -53,6 +59,8 @@ impl ReactorStats {
         self.timers_fired.store(c.timers_fired, r);
         self.pollers.store(c.pollers, r);
         self.registrations.store(c.registrations, r);
+        self.ring_enters.store(c.ring_enters, r);
+        self.ring_completions.store(c.ring_completions, r);
     }
 
     pub(crate) fn snapshot(&self) -> ReactorCounters {
@@ -69,6 +77,8 @@ impl ReactorStats {
             timers_fired: self.timers_fired.load(r),
             pollers: self.pollers.load(r),
             registrations: self.registrations.load(r),
+            ring_enters: self.ring_enters.load(r),
+            ring_completions: self.ring_completions.load(r),
         }
     }
 }

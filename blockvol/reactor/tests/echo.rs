@@ -1,6 +1,7 @@
 //! An echo server over real loopback sockets on two reactors: several
 //! well-behaved clients, a half-closed client, a client sending garbage and
-//! a client that does not read for a while (backpressure), all at once.
+//! a client that does not read for a while (backpressure), all at once; on
+//! each socket I/O backend and in the adaptive and interrupt poll modes.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use keel_reactor::{
     Close, CloseReason, Connection, ConnectionConfig, ConnectionFactory, Context, Listener,
-    ListenerConfig, OutQueue, PollMode, Poller, PoolError, Protocol, ReactorConfig, ReactorPool,
+    ListenerConfig, OutQueue, PollMode, PoolError, Protocol, ReactorConfig, ReactorPool,
+    SocketIoKind,
 };
 
 const MAGIC: u8 = 0xEC;
@@ -84,15 +86,46 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 #[test]
-fn echo_server_isolates_bad_clients() {
-    let mut pool = ReactorPool::start(&ReactorConfig {
-        reactors: 2,
-        poll_mode: PollMode::Adaptive {
+fn echo_server_isolates_bad_clients_epoll() {
+    echo_server_isolates_bad_clients(
+        SocketIoKind::Epoll,
+        PollMode::Adaptive {
             spin: Duration::from_micros(20),
         },
+    );
+}
+
+#[cfg(feature = "sockets-uring")]
+#[test]
+fn echo_server_isolates_bad_clients_io_uring() {
+    echo_server_isolates_bad_clients(
+        SocketIoKind::Uring,
+        PollMode::Adaptive {
+            spin: Duration::from_micros(20),
+        },
+    );
+}
+
+#[cfg(feature = "sockets-uring")]
+#[test]
+fn echo_server_isolates_bad_clients_io_uring_interrupt() {
+    echo_server_isolates_bad_clients(SocketIoKind::Uring, PollMode::Interrupt);
+}
+
+#[test]
+fn echo_server_isolates_bad_clients_epoll_interrupt() {
+    echo_server_isolates_bad_clients(SocketIoKind::Epoll, PollMode::Interrupt);
+}
+
+fn echo_server_isolates_bad_clients(socket_io: SocketIoKind, poll_mode: PollMode) {
+    let mut pool = ReactorPool::start(&ReactorConfig {
+        reactors: 2,
+        poll_mode,
+        socket_io,
         ..ReactorConfig::default()
     })
     .unwrap();
+    assert_eq!(pool.socket_io(), socket_io);
     let closes = Arc::new(Mutex::new(Vec::new()));
     let cfg = ConnectionConfig {
         output_high_water: 64 << 10,
@@ -102,10 +135,8 @@ fn echo_server_isolates_bad_clients() {
     let c = closes.clone();
     let factory: ConnectionFactory = Arc::new(move |stream, cx: &mut Context| {
         let proto = Echo { closes: c.clone() };
-        match Connection::new(stream, proto, cfg.clone(), None, cx) {
-            Ok(conn) => Some(Box::new(conn) as Box<dyn Poller>),
-            Err(_) => None,
-        }
+        assert_eq!(cx.socket_io(), socket_io);
+        Connection::boxed(stream, proto, cfg.clone(), None, cx).ok()
     });
     let listener = Listener::bind(
         &pool,
@@ -136,10 +167,13 @@ fn echo_server_isolates_bad_clients() {
             }
         }));
     }
-    // A half-closed client: sends, shuts its write side, reads everything.
+    // A half-closed client: sends, shuts its write side, reads everything
+    // (the last echo is large: the close must wait until it has left).
     clients.push(thread::spawn(move || {
         let mut s = connect(addr);
-        let ps: Vec<Vec<u8>> = (0..3).map(|k| payload(k, 500 + k)).collect();
+        let ps: Vec<Vec<u8>> = (0..4)
+            .map(|k| payload(k, if k == 3 { 65_000 } else { 500 + k }))
+            .collect();
         for p in &ps {
             s.write_all(&frame(p)).unwrap();
         }
@@ -205,6 +239,15 @@ fn echo_server_isolates_bad_clients() {
         .map(|r| r.counters().messages)
         .collect();
     assert!(msgs.iter().all(|&m| m > 0), "{msgs:?}");
+    let ring: u64 = pool
+        .reactors()
+        .iter()
+        .map(|r| r.counters().ring_completions)
+        .sum();
+    match socket_io {
+        SocketIoKind::Uring => assert!(ring > 100, "socket I/O went through the ring: {ring}"),
+        SocketIoKind::Epoll => assert_eq!(ring, 0),
+    }
 
     pool.stop();
     let stats = pool.buffer_pool().stats();
