@@ -102,6 +102,13 @@ impl ServerProcess {
         for v in volumes {
             cmd.arg("--volume").arg(v);
         }
+        // The whole suite runs on either socket I/O backend
+        // (`KEEL_TEST_SOCKET_IO=io_uring`; scripts/test.sh runs both).
+        if let Ok(io) = std::env::var("KEEL_TEST_SOCKET_IO") {
+            if !extra.contains(&"--socket-io") {
+                cmd.arg("--socket-io").arg(io);
+            }
+        }
         let mut child = cmd.spawn().expect("start the volume server");
         let log = Arc::new(Mutex::new(String::new()));
         if let Some(err) = child.stderr.take() {

@@ -127,6 +127,9 @@ struct DevArgs {
     /// Reactor poll mode: busy, adaptive[:<spin µs>] or interrupt.
     #[arg(long, default_value = "adaptive", value_name = "MODE")]
     poll_mode: String,
+    /// Reactor socket I/O: epoll or io_uring.
+    #[arg(long, default_value = "epoll", value_name = "IO")]
+    socket_io: String,
     /// I/O backend: standard, auto or io_uring.
     #[arg(long, default_value = "auto", value_name = "BACKEND")]
     backend: String,
@@ -147,6 +150,7 @@ fn dev(a: DevArgs) -> Result<i32, (String, i32)> {
     cfg.nvmf.advertise = a.nvmf_advertise.into_iter().collect();
     cfg.admin.listen = a.admin_listen;
     cfg.reactor.poll_mode = a.poll_mode;
+    cfg.reactor.socket_io = a.socket_io;
     cfg.engine.backend = a.backend;
     cfg.volumes = vec![VolumeSpec {
         name: "vol0".into(),

@@ -161,6 +161,7 @@ pub fn status_json(state: &State) -> Value {
     json!({
         "uptime_seconds": state.started.elapsed().as_secs(),
         "poll_mode": state.poll_mode.to_string(),
+        "socket_io": state.socket_io.as_str(),
         "reactors": state.reactors,
         "iscsi_listen": state.iscsi_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "volumes": volumes,

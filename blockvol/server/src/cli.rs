@@ -43,6 +43,9 @@ pub struct Args {
     /// busy, adaptive[:<spin µs>] or interrupt.
     #[arg(long, value_name = "MODE")]
     poll_mode: Option<String>,
+    /// Socket I/O of the reactors: epoll or io_uring.
+    #[arg(long, value_name = "IO")]
+    socket_io: Option<String>,
     /// I/O backend: standard, auto or io_uring.
     #[arg(long, value_name = "BACKEND")]
     backend: Option<String>,
@@ -108,6 +111,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(m) = args.poll_mode {
         cfg.reactor.poll_mode = m;
+    }
+    if let Some(s) = args.socket_io {
+        cfg.reactor.socket_io = s;
     }
     if let Some(b) = args.backend {
         cfg.engine.backend = b;

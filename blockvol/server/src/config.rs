@@ -7,6 +7,7 @@
 //! [reactor]
 //! cores = 2                 # reactor threads
 //! poll_mode = "adaptive"    # busy | adaptive[:<spin µs>] | interrupt
+//! socket_io = "epoll"       # epoll | io_uring
 //!
 //! [engine]
 //! backend = "auto"          # standard | auto | io_uring
@@ -122,6 +123,8 @@ pub struct ReactorSection {
     pub cpus: Vec<usize>,
     /// `busy`, `adaptive[:<µs>]` or `interrupt`.
     pub poll_mode: String,
+    /// Socket I/O: `epoll` or `io_uring`.
+    pub socket_io: String,
     /// Bytes the shared buffer pool may hold.
     pub buffer_pool: String,
 }
@@ -132,6 +135,7 @@ impl Default for ReactorSection {
             cores: 1,
             cpus: Vec::new(),
             poll_mode: "adaptive".into(),
+            socket_io: "epoll".into(),
             buffer_pool: "256MiB".into(),
         }
     }
@@ -274,6 +278,8 @@ pub struct Validated {
     pub admin_listen: Option<SocketAddr>,
     /// Poll mode.
     pub poll_mode: keel_reactor::PollMode,
+    /// Socket I/O.
+    pub socket_io: keel_reactor::SocketIoKind,
     /// Engine backend.
     pub backend: keel_blockvol::BackendMode,
     /// Buffer pool bytes.
@@ -383,6 +389,21 @@ impl ServerConfig {
                 .map_err(|e: keel_reactor::ParsePollModeError| {
                     invalid("reactor.poll_mode", e.to_string())
                 })?;
+        let socket_io: keel_reactor::SocketIoKind =
+            self.reactor
+                .socket_io
+                .parse()
+                .map_err(|e: keel_reactor::ParseSocketIoError| {
+                    invalid("reactor.socket_io", e.to_string())
+                })?;
+        if !socket_io.compiled_in() {
+            return Err(invalid(
+                "reactor.socket_io",
+                format!(
+                    "{socket_io} socket I/O is not compiled into this build (cargo feature sockets-uring)"
+                ),
+            ));
+        }
         let buffer_pool =
             parse_size(&self.reactor.buffer_pool).map_err(|e| invalid("reactor.buffer_pool", e))?;
         if buffer_pool < 1 << 20 {
@@ -545,6 +566,7 @@ impl ServerConfig {
             nvmf_listen,
             admin_listen,
             poll_mode,
+            socket_io,
             backend,
             buffer_pool,
             sizes,
@@ -594,6 +616,7 @@ chap = { user = "u", secret = "123456789012" }
         };
         bad("[reactor]\ncores = 0", "reactor.cores");
         bad("[reactor]\npoll_mode = \"spin\"", "reactor.poll_mode");
+        bad("[reactor]\nsocket_io = \"kqueue\"", "reactor.socket_io");
         bad("[engine]\nbackend = \"fast\"", "engine.backend");
         bad("[iscsi]\nlisten = [\"localhost\"]", "iscsi.listen");
         bad("[[volume]]\nname = \"A B\"", "volume[0].name");

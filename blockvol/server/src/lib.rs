@@ -31,7 +31,7 @@ use keel_blockvol::{CreateOptions, Volume, VolumeConfig};
 use keel_iscsi::chap::Credentials;
 use keel_iscsi::{IscsiConn, PortalSpec, Registry, Target, TargetSpec};
 use keel_reactor::{
-    BufferPoolConfig, Connection, ConnectionConfig, Listener, ListenerConfig, PollMode, Poller,
+    BufferPoolConfig, Connection, ConnectionConfig, Listener, ListenerConfig, PollMode,
     ReactorConfig, ReactorPool,
 };
 
@@ -67,6 +67,8 @@ pub struct State {
     pub nvmf_addrs: Vec<SocketAddr>,
     /// Poll mode in use.
     pub poll_mode: PollMode,
+    /// Socket I/O in use.
+    pub socket_io: keel_reactor::SocketIoKind,
     /// Reactor threads.
     pub reactors: usize,
     /// Bound iSCSI addresses.
@@ -258,6 +260,7 @@ impl Server {
             reactors: cfg.reactor.cores,
             cpus: cfg.reactor.cpus.clone(),
             poll_mode: v.poll_mode,
+            socket_io: v.socket_io,
             buffer_pool: BufferPoolConfig {
                 max_bytes: v.buffer_pool,
             },
@@ -274,10 +277,7 @@ impl Server {
                     let peer = stream.peer_addr().ok()?;
                     let local = stream.local_addr().ok()?;
                     let proto = IscsiConn::new(reg.clone(), peer, local);
-                    let conn =
-                        Connection::new(stream, proto, ConnectionConfig::default(), None, cx)
-                            .ok()?;
-                    Some(Box::new(conn) as Box<dyn Poller>)
+                    Connection::boxed(stream, proto, ConnectionConfig::default(), None, cx).ok()
                 });
             let l = Listener::bind(&pool, *addr, ListenerConfig::default(), factory)
                 .with_context(|| format!("cannot listen for iSCSI on {addr}"))?;
@@ -293,10 +293,7 @@ impl Server {
                     let peer = stream.peer_addr().ok()?;
                     let local = stream.local_addr().ok()?;
                     let proto = keel_nvmf::NvmeConn::new(t.clone(), peer, local);
-                    let conn =
-                        Connection::new(stream, proto, ConnectionConfig::default(), None, cx)
-                            .ok()?;
-                    Some(Box::new(conn) as Box<dyn Poller>)
+                    Connection::boxed(stream, proto, ConnectionConfig::default(), None, cx).ok()
                 });
             let l = Listener::bind(&pool, *addr, ListenerConfig::default(), factory)
                 .with_context(|| format!("cannot listen for NVMe/TCP on {addr}"))?;
@@ -312,6 +309,7 @@ impl Server {
             nvmf,
             nvmf_addrs,
             poll_mode: pool.poll_mode(),
+            socket_io: pool.socket_io(),
             reactors: pool.len(),
             iscsi_addrs,
             started: Instant::now(),
