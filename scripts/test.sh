@@ -32,6 +32,16 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The end-to-end tests once more with the volume server on the other socket
+# I/O backend (the first pass ran the default, epoll).
+if ((status == 0)); then
+    echo "== end-to-end tests again with --socket-io io_uring"
+    KEEL_TEST_SOCKET_IO=io_uring cargo test -p keel-tests "$@" \
+        --test iscsi_conformance --test iscsi_robustness --test iscsi_shutdown --test iscsi_fio \
+        --test kill9 --test nvmf_robustness --test server_admin --test guest_iscsi --test guest_nvme \
+        2>&1 | tee -a "$log"
+    status=${PIPESTATUS[0]}
+fi
 set -e
 # One closing line over every test binary (cargo prints one per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

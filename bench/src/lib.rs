@@ -7,8 +7,8 @@
 //!  keel-bench engine   raw pwrite+fdatasync ─┐ interleaved, N runs,
 //!                      standard backend  ────┤ per-metric medians
 //!                      io_uring backend  ────┘ → table or one JSON object
-//!  keel-bench iscsi    (later) our initiator on keel-pdu: keel vs tgt
-//!  keel-bench nvmf     (later) our initiator on keel-pdu: keel vs nvmet
+//!  keel-bench targets  keel NVMe/TCP, keel iSCSI and tgt, several clients
+//!  keel-bench sockets  keel on epoll vs io_uring socket I/O
 //! ```
 //!
 //! Today: the engine against the raw pwrite+fdatasync limit of the file
@@ -22,4 +22,5 @@ pub mod hist;
 pub mod machine;
 pub mod nvmf_client;
 pub mod report;
+pub mod sockets;
 pub mod targets;

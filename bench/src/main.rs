@@ -40,7 +40,33 @@ enum Cmd {
         /// keel's reactor poll mode.
         #[arg(long, default_value = "adaptive")]
         poll_mode: String,
+        /// keel's reactor socket I/O: epoll or io_uring.
+        #[arg(long, default_value = "epoll")]
+        socket_io: String,
         /// Runs of the whole set; the report shows per-metric medians.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// keel-volume on each reactor socket I/O backend (epoll, io_uring) side
+    /// by side: the bench's NVMe/TCP host (4 KiB random read/write at QD1 and
+    /// QD32, 128 KiB sequential at QD8) and iscsi-perf (4 KiB random read at
+    /// QD1 and QD32); medians of the runs, io_uring/epoll ratios of IOPS and
+    /// of target CPU per I/O. Needs keel-volume built with the sockets-uring
+    /// feature (the default) beside this binary, and libiscsi-bin.
+    Sockets {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Directory for the backing files (default: under ./target/bench-tmp).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// keel's reactor poll mode.
+        #[arg(long, default_value = "adaptive")]
+        poll_mode: String,
+        /// Runs; the report shows per-metric medians.
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
@@ -116,7 +142,7 @@ fn existing_ancestor(p: &std::path::Path) -> PathBuf {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Targets {
+        Cmd::Sockets {
             json,
             dir,
             seconds,
@@ -127,9 +153,38 @@ fn run(cli: Cli) -> Result<()> {
             std::fs::create_dir_all(&base)?;
             let mut all = Vec::new();
             for i in 0..runs.max(1) {
+                eprintln!("keel-bench sockets: run {} of {}", i + 1, runs.max(1));
+                let tmp = tempfile::tempdir_in(&base)?;
+                all.push(keel_bench::sockets::run(tmp.path(), seconds, &poll_mode)?);
+            }
+            let v = keel_bench::targets::median_of(&all);
+            if json {
+                println!("{v}");
+            } else {
+                print!("{}", keel_bench::sockets::table(&v));
+            }
+            Ok(())
+        }
+        Cmd::Targets {
+            json,
+            dir,
+            seconds,
+            poll_mode,
+            socket_io,
+            runs,
+        } => {
+            let base = dir.unwrap_or_else(|| PathBuf::from("target/bench-tmp"));
+            std::fs::create_dir_all(&base)?;
+            let mut all = Vec::new();
+            for i in 0..runs.max(1) {
                 eprintln!("keel-bench targets: run {} of {}", i + 1, runs.max(1));
                 let tmp = tempfile::tempdir_in(&base)?;
-                all.push(keel_bench::targets::run(tmp.path(), seconds, &poll_mode)?);
+                all.push(keel_bench::targets::run(
+                    tmp.path(),
+                    seconds,
+                    &poll_mode,
+                    &socket_io,
+                )?);
             }
             let v = keel_bench::targets::median_of(&all);
             if json {

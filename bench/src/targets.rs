@@ -107,6 +107,11 @@ pub struct Keel {
 impl Keel {
     /// Start `bin` with a 1 GiB volume in `dir`.
     pub fn start(bin: &Path, dir: &Path, poll_mode: &str) -> Result<Keel> {
+        Keel::start_with(bin, dir, poll_mode, &[])
+    }
+
+    /// [`Keel::start`] with more `keel-volume` arguments.
+    pub fn start_with(bin: &Path, dir: &Path, poll_mode: &str, extra: &[&str]) -> Result<Keel> {
         let (ip, np) = (free_port(), free_port());
         let child = Command::new(bin)
             .arg("--data-dir")
@@ -123,6 +128,7 @@ impl Keel {
             .arg(format!("127.0.0.1:{ip}"))
             .arg("--nvmf-listen")
             .arg(format!("127.0.0.1:{np}"))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -542,11 +548,11 @@ pub fn keel_volume_bin() -> Result<PathBuf> {
 }
 
 /// Run everything; JSON with every measurement and the ratios.
-pub fn run(dir: &Path, seconds: f64, poll_mode: &str) -> Result<Value> {
+pub fn run(dir: &Path, seconds: f64, poll_mode: &str, socket_io: &str) -> Result<Value> {
     let bin = keel_volume_bin()?;
     let kdir = dir.join("keel");
     std::fs::create_dir_all(&kdir)?;
-    let k = Keel::start(&bin, &kdir, poll_mode)?;
+    let k = Keel::start_with(&bin, &kdir, poll_mode, &["--socket-io", socket_io])?;
     eprintln!("keel-bench targets: keel NVMe/TCP (own host)...");
     let nvme = nvmf_keel(&k, seconds)?;
     eprintln!("keel-bench targets: keel iSCSI (fio via qemu-storage-daemon, iscsi-perf)...");
@@ -626,7 +632,7 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str) -> Result<Value> {
         })
         .collect();
     Ok(
-        json!({ "seconds": seconds, "poll_mode": poll_mode, "rows": rows, "iscsi_perf": perf, "qemu_img_bench": qemu }),
+        json!({ "seconds": seconds, "poll_mode": poll_mode, "socket_io": socket_io, "rows": rows, "iscsi_perf": perf, "qemu_img_bench": qemu }),
     )
 }
 
