@@ -25,9 +25,14 @@
 //! `unsafe` module: pushing an SQE hands the kernel raw pointers.
 //!
 //! Cost against epoll: one copy on each side (the [`SocketIo`] interface
-//! lends buffers only for the call), in exchange for fewer system calls per
-//! request: `recv` re-arm and `send` of one request share one enter, and no
-//! `epoll_wait` runs while spinning.
+//! lends buffers only for the call), and the kernel's internal poll arming
+//! and task work for a `recv` that finds no data; in exchange, fewer system
+//! calls: no `epoll_wait` runs while spinning, and everything an iteration
+//! queued goes in one enter. Measured on loopback (docs/benchmarks.md):
+//! equal to epoll at QD32, about 10 % behind at QD1, so epoll stays the
+//! default. Multishot receive into a provided-buffer ring (no re-arm per
+//! receive) and zero-copy sends of the output queue's buffers are the next
+//! steps.
 
 use std::cell::Cell;
 use std::io::{self, IoSlice};
@@ -151,11 +156,24 @@ impl SockRing {
         // One issuer (the reactor thread), and completions' task work run
         // when the reactor next enters the kernel instead of interrupting
         // it; older kernels get a plain ring.
+        // One issuer (the reactor thread, which creates, submits to and
+        // drops the ring), and completions' task work deferred until the
+        // reactor enters the kernel (it checks IORING_SQ_TASKRUN on every
+        // iteration) instead of interrupting it. Measured side by side
+        // (`keel-bench sockets`, docs/benchmarks.md), deferred task work was
+        // the best of plain, single-issuer, cooperative and deferred. Older
+        // kernels get cooperative task work, or a plain ring.
         let ring = IoUring::builder()
             .setup_single_issuer()
-            .setup_coop_taskrun()
+            .setup_defer_taskrun()
             .setup_taskrun_flag()
             .build(RING_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag()
+                    .build(RING_ENTRIES)
+            })
             .or_else(|_| IoUring::new(RING_ENTRIES))?;
         Ok(SockRing {
             ring,
