@@ -231,6 +231,8 @@ pub fn stats_delta(after: &StatsSnapshot, before: &StatsSnapshot) -> StatsSnapsh
         flush_ops: d(after.flush_ops, before.flush_ops),
         fdatasyncs: d(after.fdatasyncs, before.fdatasyncs),
         linked_syncs: d(after.linked_syncs, before.linked_syncs),
+        coalesced_writes: d(after.coalesced_writes, before.coalesced_writes),
+        coalesced_groups: d(after.coalesced_groups, before.coalesced_groups),
         group_commits: d(after.group_commits, before.group_commits),
         group_commit_waiters: d(after.group_commit_waiters, before.group_commit_waiters),
         group_commit_batch_hist: std::array::from_fn(|i| {

@@ -88,6 +88,8 @@ pub fn stats_json(s: &StatsSnapshot) -> Value {
         "flush_ops": s.flush_ops,
         "fdatasyncs": s.fdatasyncs,
         "linked_syncs": s.linked_syncs,
+        "coalesced_writes": s.coalesced_writes,
+        "coalesced_groups": s.coalesced_groups,
         "group_commits": s.group_commits,
         "group_commit_waiters": s.group_commit_waiters,
         "group_commit_mean_batch": mean_batch(s),
@@ -229,7 +231,7 @@ pub fn to_table(raw: &Row, raws: &[Row], results: &[BackendResult], goals: &[Goa
         for (test, s) in &res.test_stats {
             let _ = writeln!(
                 o,
-                "{:<10}   {test}: {} fdatasyncs ({} linked write+sync, {} group commits for {} waiters, mean batch {:.1}; batches 1/2/3-4/5-8/9-16/17-32/33+: {:?}), flusher {} runs {} MB",
+                "{:<10}   {test}: {} fdatasyncs ({} linked write+sync, {} group commits for {} waiters, mean batch {:.1}; batches 1/2/3-4/5-8/9-16/17-32/33+: {:?}), {} WAL writes coalesced into {} writevs, flusher {} runs {} MB",
                 "",
                 s.fdatasyncs,
                 s.linked_syncs,
@@ -237,6 +239,8 @@ pub fn to_table(raw: &Row, raws: &[Row], results: &[BackendResult], goals: &[Goa
                 s.group_commit_waiters,
                 mean_batch(s),
                 s.group_commit_batch_hist,
+                s.coalesced_writes,
+                s.coalesced_groups,
                 s.flusher_runs,
                 s.flusher_bytes / 1_000_000
             );

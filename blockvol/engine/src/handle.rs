@@ -664,7 +664,14 @@ impl Handle {
                 }
             }
             #[cfg(feature = "backend-uring")]
-            Exec::Uring(u) => u.poll(&mut done),
+            Exec::Uring(u) => {
+                u.poll(&mut done);
+                let (w, g) = u.take_coalesced();
+                if g > 0 {
+                    Stats::add(&self.inner.stats.coalesced_writes, w);
+                    Stats::add(&self.inner.stats.coalesced_groups, g);
+                }
+            }
         }
         for d in done.drain(..) {
             self.on_io_done(d);

@@ -21,6 +21,8 @@ pub(crate) struct Stats {
     pub flush_ops: AtomicU64,
     pub fdatasyncs: AtomicU64,
     pub linked_syncs: AtomicU64,
+    pub coalesced_writes: AtomicU64,
+    pub coalesced_groups: AtomicU64,
     pub group_commits: AtomicU64,
     pub group_commit_waiters: AtomicU64,
     pub batch_hist: [AtomicU64; 7],
@@ -65,6 +67,8 @@ impl Stats {
             flush_ops: g(&self.flush_ops),
             fdatasyncs: g(&self.fdatasyncs),
             linked_syncs: g(&self.linked_syncs),
+            coalesced_writes: g(&self.coalesced_writes),
+            coalesced_groups: g(&self.coalesced_groups),
             group_commits: g(&self.group_commits),
             group_commit_waiters: g(&self.group_commit_waiters),
             group_commit_batch_hist: std::array::from_fn(|i| g(&self.batch_hist[i])),
@@ -109,6 +113,12 @@ pub struct StatsSnapshot {
     pub fdatasyncs: u64,
     /// Durable writes done as one linked write+fdatasync.
     pub linked_syncs: u64,
+    /// WAL writes that went to the kernel coalesced with neighbours in one
+    /// `writev` (io_uring backend).
+    pub coalesced_writes: u64,
+    /// The coalesced `writev`s (`coalesced_writes / coalesced_groups` is the
+    /// mean group size).
+    pub coalesced_groups: u64,
     /// Group-commit fdatasyncs that had waiters.
     pub group_commits: u64,
     /// Waiters completed by group-commit fdatasyncs.

@@ -216,7 +216,7 @@ pub fn metrics_text(state: &State) -> String {
         &'static str,
         fn(&keel_blockvol::VolumeStatus) -> f64,
     );
-    let counters: [Counter; 16] = [
+    let counters: [Counter; 18] = [
         ("keel_volume_read_ops_total", "Read operations", |s| {
             s.read_ops
         }),
@@ -252,6 +252,16 @@ pub fn metrics_text(state: &State) -> String {
             "keel_volume_linked_syncs_total",
             "Linked write+fdatasync chains",
             |s| s.linked_syncs,
+        ),
+        (
+            "keel_volume_coalesced_wal_writes_total",
+            "WAL writes sent coalesced with neighbours in one writev",
+            |s| s.coalesced_writes,
+        ),
+        (
+            "keel_volume_coalesced_wal_writevs_total",
+            "Coalesced WAL writevs",
+            |s| s.coalesced_groups,
         ),
         ("keel_volume_group_commits_total", "Group commits", |s| {
             s.group_commits
