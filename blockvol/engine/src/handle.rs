@@ -71,6 +71,19 @@ pub struct Completion {
     pub buf: Option<Vec<u8>>,
 }
 
+/// The answer of [`Handle::before_sleep`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepCheck {
+    /// Completions were delivered or work is due: poll again, do not sleep.
+    PollAgain,
+    /// Sleep on the notify fd, waking at `wake_at` at the latest (a parked
+    /// write's retry time).
+    Sleep {
+        /// When a parked operation is to be retried.
+        wake_at: Option<Instant>,
+    },
+}
+
 /// A submission refused at once; the operation (and its buffer) comes back.
 #[derive(Debug)]
 pub struct SubmitError {
@@ -194,6 +207,25 @@ impl Handle {
     /// (no syscall per completion while the owner is busy polling).
     pub fn arm_notify(&self) -> bool {
         self.notifier.arm()
+    }
+
+    /// What a reactor does before it sleeps on [`Handle::notify_fd`]: poll
+    /// completions into `f`, arm the notification, and say whether it may
+    /// sleep and until when at the latest. A write parked by admission
+    /// control (soft watermark delay, or a retry while the WAL is full) is
+    /// retried by a later poll, not by a notification: the reactor must
+    /// wake by then.
+    pub fn before_sleep(&mut self, f: impl FnMut(Completion)) -> SleepCheck {
+        if self.poll_completions(f) > 0 || !self.arm_notify() {
+            return SleepCheck::PollAgain;
+        }
+        match self.deferred.front() {
+            None => SleepCheck::Sleep { wake_at: None },
+            Some(d) if d.not_before <= Instant::now() => SleepCheck::PollAgain,
+            Some(d) => SleepCheck::Sleep {
+                wake_at: Some(d.not_before),
+            },
+        }
     }
 
     /// Operations submitted and not yet completed (deferred ones included).

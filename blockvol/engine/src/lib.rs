@@ -57,7 +57,7 @@ pub mod wal;
 
 pub use config::{default_wal_size, BackendMode, CreateOptions, VolumeConfig};
 pub use error::{Error, ErrorKind, Result};
-pub use handle::{Completion, Handle, Op, SubmitError, SyncHandle};
+pub use handle::{Completion, Handle, Op, SleepCheck, SubmitError, SyncHandle};
 pub use inspect::{inspect, inspect_storage, Inspection, SlotState};
 pub use stats::StatsSnapshot;
 pub use superblock::{DurabilityMode, Role, Superblock};

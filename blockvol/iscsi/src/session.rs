@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_blockvol::{Completion, Error as EngineError, Handle, Op};
+use keel_blockvol::{Completion, Error as EngineError, Handle, Op, SleepCheck};
 use keel_pdu::iscsi::digest::{crc32c, crc32c_parts, from_wire, to_wire};
 use keel_pdu::iscsi::text::{parse_pairs, push_pair};
 use keel_pdu::iscsi::{
@@ -225,6 +225,8 @@ pub struct IscsiConn {
     ping: Option<(u32, Instant)>,
     /// When the wake-up timer armed last is due (None: not armed).
     timer_due: Rc<Cell<Option<Instant>>>,
+    /// Wake-up for a write parked by the engine's admission control.
+    retry_due: keel_reactor::WakeBy,
     logout_after_flush: bool,
     discovery: bool,
 }
@@ -371,6 +373,7 @@ impl IscsiConn {
             last_rx: Instant::now(),
             ping: None,
             timer_due: Rc::new(Cell::new(None)),
+            retry_due: keel_reactor::WakeBy::default(),
             logout_after_flush: false,
             discovery: false,
         }
@@ -2352,11 +2355,10 @@ impl Protocol for IscsiConn {
         }
         if let Some(h) = self.handle.as_mut() {
             let comps = &mut self.completions;
-            if h.poll_completions(|c| comps.push(c)) > 0 {
-                return false;
-            }
-            if !h.arm_notify() {
-                return false;
+            match h.before_sleep(|c| comps.push(c)) {
+                SleepCheck::PollAgain => return false,
+                SleepCheck::Sleep { wake_at: Some(t) } => self.retry_due.at(t, cx),
+                SleepCheck::Sleep { wake_at: None } => {}
             }
         }
         // Wake up for the login timeout or the next NOP-In. A timer armed

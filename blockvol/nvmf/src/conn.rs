@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_blockvol::{Completion, ErrorKind, Handle, Op};
+use keel_blockvol::{Completion, ErrorKind, Handle, Op, SleepCheck};
 use keel_pdu::iscsi::digest::{crc32c, from_wire, to_wire};
 use keel_pdu::nvme::{
     fes, parse_header, Cqe, DataPdu, PduType, Sqe, Status, TcpPdu, CH_LEN, DATA_HLEN, FLAG_DDGST,
@@ -157,6 +157,8 @@ pub struct NvmeConn {
     completions: Vec<Completion>,
     aers: Vec<u16>,
     timer_armed: Rc<Cell<bool>>,
+    /// Wake-up for a write parked by the engine's admission control.
+    retry_due: keel_reactor::WakeBy,
     started: Instant,
 }
 
@@ -207,6 +209,7 @@ impl NvmeConn {
             completions: Vec::new(),
             aers: Vec::new(),
             timer_armed: Rc::new(Cell::new(false)),
+            retry_due: keel_reactor::WakeBy::default(),
             started: Instant::now(),
         }
     }
@@ -1518,11 +1521,10 @@ impl Protocol for NvmeConn {
         }
         if let Some(h) = self.handle.as_mut() {
             let comps = &mut self.completions;
-            if h.poll_completions(|c| comps.push(c)) > 0 {
-                return false;
-            }
-            if !h.arm_notify() {
-                return false;
+            match h.before_sleep(|c| comps.push(c)) {
+                SleepCheck::PollAgain => return false,
+                SleepCheck::Sleep { wake_at: Some(t) } => self.retry_due.at(t, cx),
+                SleepCheck::Sleep { wake_at: None } => {}
             }
         }
         // Wake for keep-alive checks and asynchronous events.

@@ -64,7 +64,9 @@ pub use epoll::{Interest, Ready, Registration};
 pub use listener::{ConnectionFactory, Listener, ListenerConfig};
 pub use mailbox::{Message, PostError};
 pub use poll_mode::{ParsePollModeError, PollMode, DEFAULT_ADAPTIVE_SPIN};
-pub use reactor::{Context, PollResult, Poller, ReactorConfig, ReactorError, ReactorPool, Remote};
+pub use reactor::{
+    Context, PollResult, Poller, ReactorConfig, ReactorError, ReactorPool, Remote, WakeBy,
+};
 pub use socket::{ParseSocketIoError, SocketConfig, SocketIo, SocketIoKind};
 pub use socket_epoll::EpollSocket;
 #[cfg(feature = "sockets-uring")]

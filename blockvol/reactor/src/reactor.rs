@@ -290,6 +290,29 @@ impl Context {
     }
 }
 
+/// A poller's "wake me by then": keeps at most one timer armed, the
+/// earliest deadline asked for (a poller that parks work, e.g. a write held
+/// back by admission control, makes sure the reactor does not sleep past
+/// its retry).
+#[derive(Debug, Default, Clone)]
+pub struct WakeBy(std::rc::Rc<std::cell::Cell<Option<Instant>>>);
+
+impl WakeBy {
+    /// Make sure the reactor wakes at `t` (or earlier).
+    pub fn at(&self, t: Instant, cx: &mut Context) {
+        if self.0.get().is_some_and(|d| d <= t) {
+            return;
+        }
+        self.0.set(Some(t));
+        let me = self.0.clone();
+        cx.add_timer(t.saturating_duration_since(cx.now()), move |_| {
+            if me.get() == Some(t) {
+                me.set(None);
+            }
+        });
+    }
+}
+
 /// The running reactors.
 pub struct ReactorPool {
     remotes: Arc<[Remote]>,
