@@ -19,6 +19,7 @@
 
 pub mod engine;
 pub mod hist;
+pub mod iscsi_load;
 pub mod machine;
 pub mod nvmf_client;
 pub mod report;

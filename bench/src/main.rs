@@ -70,6 +70,40 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// One workload of the bench's pipelined iSCSI initiator against a
+    /// running target (4 KiB random by default): IOPS, p50/p99 latency.
+    IscsiLoad {
+        /// Portal address.
+        #[arg(long, default_value = "127.0.0.1:3260")]
+        addr: std::net::SocketAddr,
+        /// Target IQN.
+        #[arg(long, default_value = "iqn.2026-11.io.keel:vol0")]
+        target: String,
+        /// LUN number.
+        #[arg(long, default_value_t = 0)]
+        lun: u64,
+        /// The LUN's logical block size.
+        #[arg(long, default_value_t = 4096)]
+        block_size: u32,
+        /// Bytes per I/O.
+        #[arg(long, default_value_t = 4096)]
+        io_size: u32,
+        /// Write (else read).
+        #[arg(long)]
+        write: bool,
+        /// Commands in flight.
+        #[arg(long, default_value_t = 32)]
+        qd: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Bytes of the LUN to spread the I/O over.
+        #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+        region: u64,
+        /// Target process id (for CPU per I/O; 0: none).
+        #[arg(long, default_value_t = 0)]
+        pid: u32,
+    },
     /// The volume engine on every compiled backend against the raw
     /// pwrite+fdatasync limit of the same file system.
     ///
@@ -142,6 +176,43 @@ fn existing_ancestor(p: &std::path::Path) -> PathBuf {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::IscsiLoad {
+            addr,
+            target,
+            lun,
+            block_size,
+            io_size,
+            write,
+            qd,
+            seconds,
+            region,
+            pid,
+        } => {
+            let lun_field = if lun == 0 { 0 } else { lun << 48 };
+            let t = keel_bench::iscsi_load::Lun {
+                addr,
+                target: &target,
+                lun: lun_field,
+                block_size,
+                pid,
+            };
+            let w = keel_bench::iscsi_load::Workload {
+                write,
+                size: io_size,
+                qd,
+            };
+            let m = keel_bench::iscsi_load::run(&t, region, w, seconds)?;
+            println!(
+                "{} {} B QD{qd}: {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs, target cpu/io {:.1} µs",
+                if write { "write" } else { "read" },
+                io_size,
+                m.iops,
+                m.p50_us,
+                m.p99_us,
+                m.cpu_us_per_io
+            );
+            Ok(())
+        }
         Cmd::Sockets {
             json,
             dir,

@@ -40,6 +40,8 @@ pub struct Measure {
     pub p99_us: f64,
     /// Target CPU seconds per I/O, µs.
     pub cpu_us_per_io: f64,
+    /// Slowest I/O, µs (0 where the client does not report it).
+    pub max_us: f64,
 }
 
 /// The workloads, in order.
@@ -352,6 +354,7 @@ pub fn fio_iscsi(
             p50_us: pct("50.000000"),
             p99_us: pct("99.000000"),
             cpu_us_per_io: cpu / ios * 1e6,
+            max_us: j["clat_ns"]["max"].as_f64().unwrap_or(0.0) / 1000.0,
         });
     }
     drop(qsd);
@@ -397,6 +400,7 @@ pub fn iscsi_perf(
         p50_us: 0.0,
         p99_us: 0.0,
         cpu_us_per_io: cpu / (iops * t).max(1.0) * 1e6,
+        ..Measure::default()
     })
 }
 
@@ -451,6 +455,7 @@ pub fn qemu_img_bench(
         p50_us: 0.0,
         p99_us: 0.0,
         cpu_us_per_io: cpu / count as f64 * 1e6,
+        max_us: 0.0,
     })
 }
 
@@ -529,7 +534,45 @@ pub fn nvmf_keel(k: &Keel, seconds: f64) -> Result<Vec<Measure>> {
             p50_us: percentile(&mut lat, 0.5),
             p99_us: percentile(&mut lat, 0.99),
             cpu_us_per_io: cpu / (ios.max(1) as f64) * 1e6,
+            ..Measure::default()
         });
+    }
+    Ok(out)
+}
+
+/// The workloads of the pipelined iSCSI initiator ([`crate::iscsi_load`]).
+pub const OWN_ISCSI: [(&str, bool, usize); 4] = [
+    ("4k-randread-qd1", false, 1),
+    ("4k-randread-qd32", false, 32),
+    ("4k-randwrite-qd1", true, 1),
+    ("4k-randwrite-qd32", true, 32),
+];
+
+/// The bench's pipelined iSCSI initiator at each of [`OWN_ISCSI`], over the
+/// first 256 MiB of the LUN.
+pub fn own_iscsi(
+    addr: SocketAddr,
+    iqn: &str,
+    lun: u64,
+    block_size: u32,
+    pid: u32,
+    seconds: f64,
+) -> Result<Vec<Measure>> {
+    let mut out = Vec::new();
+    for (_, write, qd) in OWN_ISCSI {
+        let w = crate::iscsi_load::Workload {
+            write,
+            size: 4096,
+            qd,
+        };
+        let t = crate::iscsi_load::Lun {
+            addr,
+            target: iqn,
+            lun,
+            block_size,
+            pid,
+        };
+        out.push(crate::iscsi_load::run(&t, 256 << 20, w, seconds)?);
     }
     Ok(out)
 }
@@ -567,6 +610,15 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str, socket_io: &str) -> Result
         qemu_img_bench(&kurl, false, 32, k.pid(), seconds)?,
         qemu_img_bench(&kurl, true, 32, k.pid(), seconds)?,
     ];
+    eprintln!("keel-bench targets: keel iSCSI (pipelined initiator)...");
+    let kown = own_iscsi(
+        k.iscsi,
+        "iqn.2026-11.io.keel:vol0",
+        0,
+        4096,
+        k.pid(),
+        seconds,
+    )?;
     drop(k);
     eprintln!("keel-bench targets: tgt iSCSI (fio via qemu-storage-daemon, iscsi-perf)...");
     let tgt = Tgt::start(dir)?;
@@ -586,6 +638,15 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str, socket_io: &str) -> Result
         qemu_img_bench(&turl, false, 32, tgt.pid(), seconds)?,
         qemu_img_bench(&turl, true, 32, tgt.pid(), seconds)?,
     ];
+    eprintln!("keel-bench targets: tgt iSCSI (pipelined initiator)...");
+    let town = own_iscsi(
+        format!("127.0.0.1:{}", tgt.port).parse()?,
+        TGT_IQN,
+        1 << 48,
+        512,
+        tgt.pid(),
+        seconds,
+    )?;
     drop(tgt);
     let row = |m: &Measure| json!({"iops": m.iops, "p50_us": m.p50_us, "p99_us": m.p99_us, "cpu_us_per_io": m.cpu_us_per_io});
     let mut rows = Vec::new();
@@ -631,8 +692,22 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str, socket_io: &str) -> Result
             })
         })
         .collect();
+    let own: Vec<Value> = OWN_ISCSI
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ..))| {
+            json!({
+                "workload": name,
+                "client": "keel-bench pipelined iSCSI initiator",
+                "keel_iscsi": row(&kown[i]),
+                "tgt_iscsi": row(&town[i]),
+                "keel_iscsi_over_tgt_iops": kown[i].iops / town[i].iops.max(1.0),
+                "keel_iscsi_over_tgt_cpu_per_io": kown[i].cpu_us_per_io / town[i].cpu_us_per_io.max(1e-9),
+            })
+        })
+        .collect();
     Ok(
-        json!({ "seconds": seconds, "poll_mode": poll_mode, "socket_io": socket_io, "rows": rows, "iscsi_perf": perf, "qemu_img_bench": qemu }),
+        json!({ "seconds": seconds, "poll_mode": poll_mode, "socket_io": socket_io, "rows": rows, "iscsi_perf": perf, "qemu_img_bench": qemu, "iscsi_own": own }),
     )
 }
 
@@ -714,6 +789,21 @@ pub fn table(v: &Value) -> String {
             r["keel_iscsi_over_tgt_iops"].as_f64().unwrap_or(0.0),
             r["keel_iscsi_over_tgt_cpu_per_io"].as_f64().unwrap_or(0.0),
             r["keel_nvmf_over_keel_iscsi_iops"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    s.push_str("\nkeel-bench's pipelined iSCSI initiator (4 KiB random, immediate data, the same for both):\n");
+    for r in v["iscsi_own"].as_array().unwrap_or(&empty) {
+        s.push_str(&format!(
+            "{:<18} keel {:>7.0} IOPS p50 {:>5.0} µs {:>5.1} µs cpu/io   tgt {:>7.0} IOPS p50 {:>5.0} µs {:>5.1} µs cpu/io   keel/tgt {:.2}x IOPS, {:.2}x CPU/io\n",
+            r["workload"].as_str().unwrap_or(""),
+            r["keel_iscsi"]["iops"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi"]["p50_us"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi"]["cpu_us_per_io"].as_f64().unwrap_or(0.0),
+            r["tgt_iscsi"]["iops"].as_f64().unwrap_or(0.0),
+            r["tgt_iscsi"]["p50_us"].as_f64().unwrap_or(0.0),
+            r["tgt_iscsi"]["cpu_us_per_io"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi_over_tgt_iops"].as_f64().unwrap_or(0.0),
+            r["keel_iscsi_over_tgt_cpu_per_io"].as_f64().unwrap_or(0.0),
         ));
     }
     s.push_str("\nqemu-img bench (QEMU's iSCSI driver, 4 KiB sequential steps, QD32):\n");
