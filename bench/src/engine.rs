@@ -235,6 +235,16 @@ pub fn stats_delta(after: &StatsSnapshot, before: &StatsSnapshot) -> StatsSnapsh
         coalesced_groups: d(after.coalesced_groups, before.coalesced_groups),
         group_commits: d(after.group_commits, before.group_commits),
         group_commit_waiters: d(after.group_commit_waiters, before.group_commit_waiters),
+        group_commit_sync_hist: std::array::from_fn(|i| {
+            d(
+                after.group_commit_sync_hist[i],
+                before.group_commit_sync_hist[i],
+            )
+        }),
+        group_commit_sync_us_sum: d(
+            after.group_commit_sync_us_sum,
+            before.group_commit_sync_us_sum,
+        ),
         group_commit_batch_hist: std::array::from_fn(|i| {
             d(
                 after.group_commit_batch_hist[i],

@@ -23,6 +23,12 @@ fn status_metrics_and_volumes_created_while_serving() {
         c.write16(0, &vec![1u8; 8192], 4096, true).unwrap().status,
         0
     );
+    // A cached write and SYNCHRONIZE CACHE: one group commit.
+    assert_eq!(
+        c.write16(2, &vec![2u8; 4096], 4096, false).unwrap().status,
+        0
+    );
+    assert_eq!(c.sync_cache().unwrap().status, 0);
     let status: serde_json::Value = serde_json::from_str(&s.admin_get("/status")).unwrap();
     assert_eq!(status["volumes"][0]["name"], "vol0");
     assert_eq!(status["volumes"][0]["size_bytes"], 16 << 20);
@@ -34,11 +40,26 @@ fn status_metrics_and_volumes_created_while_serving() {
     assert!(status["volumes"][0]["lsn"]["durable"].as_u64().unwrap() >= 1);
     let m = s.admin_get("/metrics");
     assert!(
-        m.contains("keel_volume_write_ops_total{volume=\"vol0\"} 1"),
+        m.contains("keel_volume_write_ops_total{volume=\"vol0\"} 2"),
         "{m}"
     );
+    // Group commit: batch sizes and fdatasync latency as histograms.
+    assert!(m.contains("# TYPE keel_volume_group_commit_batch_size histogram"));
     assert!(
-        m.contains("keel_scsi_write_latency_seconds_count{volume=\"vol0\"} 1"),
+        m.contains("keel_volume_group_commit_batch_size_bucket{volume=\"vol0\",le=\"+Inf\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("keel_volume_group_commit_batch_size_count{volume=\"vol0\"} 1"));
+    let syncs: u64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("keel_volume_group_commit_sync_seconds_count{volume=\"vol0\"} ")
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(syncs >= 1, "{m}");
+    assert!(
+        m.contains("keel_scsi_write_latency_seconds_count{volume=\"vol0\"} 2"),
         "{m}"
     );
     assert!(m.contains("# TYPE keel_scsi_read_latency_seconds histogram"));

@@ -178,7 +178,9 @@ impl GroupCommit {
             }
             let upto = st.written;
             drop(st);
+            let t0 = std::time::Instant::now();
             let res = storage.sync_wal(wal_end);
+            stats.record_sync(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
             Stats::add(&stats.fdatasyncs, 1);
             st = self.lock();
             match res {

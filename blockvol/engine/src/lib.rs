@@ -59,7 +59,7 @@ pub use config::{default_wal_size, BackendMode, CreateOptions, VolumeConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use handle::{Completion, Handle, Op, SleepCheck, SubmitError, SyncHandle};
 pub use inspect::{inspect, inspect_storage, Inspection, SlotState};
-pub use stats::StatsSnapshot;
+pub use stats::{StatsSnapshot, BATCH_BUCKETS, SYNC_BUCKETS_US};
 pub use superblock::{DurabilityMode, Role, Superblock};
 pub use volume::{format, Pressure, Volume, VolumeInfo, VolumeStatus};
 

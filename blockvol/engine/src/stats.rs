@@ -6,6 +6,22 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Group-commit batch size buckets: 1, 2, 3-4, 5-8, 9-16, 17-32, 33+.
 pub const BATCH_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, u64::MAX];
 
+/// Upper bounds (µs) of the group-commit fdatasync latency buckets; the
+/// last bucket is everything slower.
+pub const SYNC_BUCKETS_US: [u64; 11] = [
+    50,
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    u64::MAX,
+];
+
 #[derive(Default, Debug)]
 pub(crate) struct Stats {
     pub read_ops: AtomicU64,
@@ -26,6 +42,8 @@ pub(crate) struct Stats {
     pub group_commits: AtomicU64,
     pub group_commit_waiters: AtomicU64,
     pub batch_hist: [AtomicU64; 7],
+    pub sync_hist: [AtomicU64; 11],
+    pub sync_us_sum: AtomicU64,
     pub flusher_runs: AtomicU64,
     pub flusher_records: AtomicU64,
     pub flusher_bytes: AtomicU64,
@@ -51,6 +69,16 @@ impl Stats {
         self.batch_hist[i].fetch_add(1, Relaxed);
     }
 
+    /// A group-commit fdatasync took `us` microseconds.
+    pub fn record_sync(&self, us: u64) {
+        self.sync_us_sum.fetch_add(us, Relaxed);
+        let i = SYNC_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(SYNC_BUCKETS_US.len() - 1);
+        self.sync_hist[i].fetch_add(1, Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let g = |c: &AtomicU64| c.load(Relaxed);
         StatsSnapshot {
@@ -72,6 +100,8 @@ impl Stats {
             group_commits: g(&self.group_commits),
             group_commit_waiters: g(&self.group_commit_waiters),
             group_commit_batch_hist: std::array::from_fn(|i| g(&self.batch_hist[i])),
+            group_commit_sync_hist: std::array::from_fn(|i| g(&self.sync_hist[i])),
+            group_commit_sync_us_sum: g(&self.sync_us_sum),
             flusher_runs: g(&self.flusher_runs),
             flusher_records: g(&self.flusher_records),
             flusher_bytes: g(&self.flusher_bytes),
@@ -125,6 +155,11 @@ pub struct StatsSnapshot {
     pub group_commit_waiters: u64,
     /// Group-commit batch sizes, bucketed by [`BATCH_BUCKETS`].
     pub group_commit_batch_hist: [u64; 7],
+    /// Group-commit fdatasync latencies (every sync of the group-commit
+    /// thread, with or without waiters), bucketed by [`SYNC_BUCKETS_US`].
+    pub group_commit_sync_hist: [u64; 11],
+    /// Sum of those latencies, µs.
+    pub group_commit_sync_us_sum: u64,
     /// Flusher batches written back (each ends with a checkpoint).
     pub flusher_runs: u64,
     /// Records written back.

@@ -327,21 +327,71 @@ pub fn metrics_text(state: &State) -> String {
             line(&mut o, name, l, f(st));
         }
     }
+    // Group commit as it adapts to load: how many waiters each fdatasync
+    // completed, and how long the fdatasyncs took.
+    let name = "keel_volume_group_commit_batch_size";
     head(
         &mut o,
-        "keel_volume_group_commit_batch",
-        "counter",
-        "Group commits by batch size bucket (1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+)",
+        name,
+        "histogram",
+        "Waiters (flushes, FUA and write-through writes) completed per group-commit fdatasync",
     );
     for (l, _, st) in &stats {
-        for (i, n) in st.stats.group_commit_batch_hist.iter().enumerate() {
+        let s = &st.stats;
+        let mut cum = 0;
+        for (i, b) in keel_blockvol::BATCH_BUCKETS.iter().enumerate() {
+            cum += s.group_commit_batch_hist[i];
+            let le = if *b == u64::MAX {
+                "+Inf".to_owned()
+            } else {
+                b.to_string()
+            };
             line(
                 &mut o,
-                "keel_volume_group_commit_batch",
-                &format!("{l},bucket=\"{i}\""),
-                n,
+                &format!("{name}_bucket"),
+                &format!("{l},le=\"{le}\""),
+                cum,
             );
         }
+        line(&mut o, &format!("{name}_sum"), l, s.group_commit_waiters);
+        line(&mut o, &format!("{name}_count"), l, s.group_commits);
+    }
+    let name = "keel_volume_group_commit_sync_seconds";
+    head(
+        &mut o,
+        name,
+        "histogram",
+        "Latency of the group-commit thread's WAL fdatasyncs",
+    );
+    for (l, _, st) in &stats {
+        let s = &st.stats;
+        let mut cum = 0;
+        for (i, b) in keel_blockvol::SYNC_BUCKETS_US.iter().enumerate() {
+            cum += s.group_commit_sync_hist[i];
+            let le = if *b == u64::MAX {
+                "+Inf".to_owned()
+            } else {
+                (*b as f64 / 1e6).to_string()
+            };
+            line(
+                &mut o,
+                &format!("{name}_bucket"),
+                &format!("{l},le=\"{le}\""),
+                cum,
+            );
+        }
+        line(
+            &mut o,
+            &format!("{name}_sum"),
+            l,
+            s.group_commit_sync_us_sum as f64 / 1e6,
+        );
+        line(
+            &mut o,
+            &format!("{name}_count"),
+            l,
+            s.group_commit_sync_hist.iter().sum::<u64>(),
+        );
     }
     for (name, help, pick) in [
         (
