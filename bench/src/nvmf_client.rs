@@ -65,6 +65,10 @@ pub struct Queue {
     data_in: HashMap<u16, Vec<u8>>,
     /// Completions carried by a C2HData SUCCESS flag count as these.
     pub qid: u16,
+    /// Corked: PDUs collect in `out` and go in one write when the next
+    /// receive would block (see [`Queue::set_cork`]).
+    corked: bool,
+    out: Vec<u8>,
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -89,6 +93,8 @@ impl Queue {
             pending_out: HashMap::new(),
             data_in: HashMap::new(),
             qid: 0,
+            corked: false,
+            out: Vec::new(),
         };
         let mut ic = vec![0u8; IC_LEN];
         ic[0] = PduType::IcReq.value();
@@ -106,6 +112,26 @@ impl Queue {
         }
         q.max_h2c = le32(&r.header, 12) as usize;
         Ok(q)
+    }
+
+    /// Cork the queue: submitted PDUs are buffered and sent in one write
+    /// once nothing more is waiting to be received (a load generator then
+    /// costs one write per batch of completions, as a real host's queue
+    /// does). Uncorking sends what is buffered.
+    pub fn set_cork(&mut self, on: bool) -> std::io::Result<()> {
+        self.corked = on;
+        if !on {
+            self.flush_out()?;
+        }
+        Ok(())
+    }
+
+    fn flush_out(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.sock.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
     }
 
     /// The socket, for raw bytes.
@@ -135,7 +161,8 @@ impl Queue {
         };
         let plen = (hlen + hd + data.len() + dd) as u32;
         header[4..8].copy_from_slice(&plen.to_le_bytes());
-        let mut v = header.clone();
+        let mut v = std::mem::take(&mut self.out);
+        v.extend_from_slice(&header);
         if self.hd {
             v.extend_from_slice(&to_wire(crc32c(&header)));
         }
@@ -143,10 +170,19 @@ impl Queue {
         if dd > 0 {
             v.extend_from_slice(&to_wire(crc32c(data)));
         }
-        self.sock.write_all(&v)
+        self.out = v;
+        if self.corked {
+            Ok(())
+        } else {
+            self.flush_out()
+        }
     }
 
     fn recv_raw(&mut self, digests: bool) -> std::io::Result<Pdu> {
+        if self.rd.buffer().is_empty() {
+            // About to block on the socket: what is corked goes first.
+            self.flush_out()?;
+        }
         let mut ch = [0u8; CH_LEN];
         self.rd.read_exact(&mut ch)?;
         let plen = le32(&ch, 4) as usize;

@@ -480,6 +480,7 @@ pub fn nvmf_keel(k: &Keel, seconds: f64) -> Result<Vec<Measure>> {
     for i in 0..256u64 {
         q.write(i * 256, &chunk, 4096, false)?;
     }
+    q.set_cork(true)?;
     let region = (256u64 << 20) / bs;
     let mut out = Vec::new();
     let mut rng = rand::rngs::ThreadRng::default();
