@@ -70,6 +70,67 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The whole matrix in one command: engine, targets, socket I/O, a
+    /// queue-depth sweep and fio (raw disk, plain file, the engine through
+    /// the C ABI); medians of --runs runs; writes the generated part of
+    /// docs/benchmarks.md (between its markers) and SVG plots. Needs what
+    /// `targets` needs, and ffi/fio/keel_engine.so for the C ABI rows
+    /// (make -C ffi/fio; without it those rows say so). About 25 minutes
+    /// at the defaults on 2 vCPUs.
+    Report {
+        /// Runs of each part (medians).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// Markdown file whose generated part is replaced.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        out: PathBuf,
+        /// Directory for the SVG plots.
+        #[arg(long, default_value = "docs/bench")]
+        plots: PathBuf,
+        /// Also write every result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Scratch directory on the disk to measure.
+        #[arg(long, default_value = "target/bench-tmp")]
+        dir: PathBuf,
+        /// The fio external engine on keel's C ABI.
+        #[arg(long, default_value = "ffi/fio/keel_engine.so")]
+        fio_engine: PathBuf,
+        /// Parts to leave out (repeatable): engine, targets, sockets, sweep, fio.
+        #[arg(long, value_name = "PART")]
+        skip: Vec<String>,
+        /// One run of 1 s per measurement (a smoke test of the command).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// One workload of the bench's NVMe/TCP host against a running keel
+    /// (the first 256 MiB are written first): IOPS, p50/p99 latency.
+    NvmfLoad {
+        /// Portal address.
+        #[arg(long, default_value = "127.0.0.1:4420")]
+        addr: std::net::SocketAddr,
+        /// Subsystem NQN.
+        #[arg(long, default_value = "nqn.2026-11.io.keel:vol0")]
+        subsystem: String,
+        /// Bytes per I/O (4096: random; larger: sequential).
+        #[arg(long, default_value_t = 4096)]
+        io_size: usize,
+        /// Write (else read).
+        #[arg(long)]
+        write: bool,
+        /// Commands in flight.
+        #[arg(long, default_value_t = 32)]
+        qd: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Target process id (for CPU per I/O; 0: none).
+        #[arg(long, default_value_t = 0)]
+        pid: u32,
+    },
     /// One workload of the bench's pipelined iSCSI initiator against a
     /// running target (4 KiB random by default): IOPS, p50/p99 latency.
     IscsiLoad {
@@ -176,6 +237,55 @@ fn existing_ancestor(p: &std::path::Path) -> PathBuf {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Report {
+            runs,
+            seconds,
+            out,
+            plots,
+            json,
+            dir,
+            fio_engine,
+            skip,
+            quick,
+        } => {
+            for p in &skip {
+                if !["engine", "targets", "sockets", "sweep", "fio"].contains(&p.as_str()) {
+                    bail!("--skip {p}: not a part (engine, targets, sockets, sweep, fio)");
+                }
+            }
+            let fio_engine = std::fs::canonicalize(&fio_engine).unwrap_or(fio_engine);
+            keel_bench::matrix::run(&keel_bench::matrix::Opts {
+                runs: if quick { 1 } else { runs },
+                seconds: if quick { 1.0 } else { seconds },
+                out,
+                plots,
+                json,
+                dir,
+                fio_engine,
+                skip,
+            })
+        }
+        Cmd::NvmfLoad {
+            addr,
+            subsystem,
+            io_size,
+            write,
+            qd,
+            seconds,
+            pid,
+        } => {
+            let (_admin, mut q) = keel_bench::targets::nvmf_session_at(addr, &subsystem)?;
+            let m = keel_bench::targets::nvmf_measure(&mut q, pid, write, io_size, qd, seconds)?;
+            println!(
+                "{} {io_size} B QD{qd}: {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs, target cpu/io {:.1} µs",
+                if write { "write" } else { "read" },
+                m.iops,
+                m.p50_us,
+                m.p99_us,
+                m.cpu_us_per_io
+            );
+            Ok(())
+        }
         Cmd::IscsiLoad {
             addr,
             target,

@@ -189,23 +189,31 @@ impl Queue {
         if !(CH_LEN..=(16 << 20)).contains(&plen) {
             return Err(std::io::Error::other(format!("bad PLEN {plen}")));
         }
-        let mut rest = vec![0u8; plen - CH_LEN];
-        self.rd.read_exact(&mut rest)?;
-        let mut all = ch.to_vec();
-        all.extend_from_slice(&rest);
-        let hlen = usize::from(ch[2]).min(plen);
+        let hlen = usize::from(ch[2]).clamp(CH_LEN, plen);
         let pdo = usize::from(ch[3]);
         let dd = digests && self.dd && ch[1] & 0x02 != 0;
         let end = if dd { plen - 4 } else { plen };
-        let data = if pdo > 0 && pdo <= end {
-            all[pdo..end].to_vec()
-        } else {
-            Vec::new()
-        };
+        // The header (and header digest, padding) up to the data offset,
+        // then the data straight into its own buffer: no copy of the whole
+        // PDU.
+        let data_at = if pdo >= hlen && pdo <= end { pdo } else { end };
+        let mut header = vec![0u8; data_at];
+        header[..CH_LEN].copy_from_slice(&ch);
+        self.rd.read_exact(&mut header[CH_LEN..])?;
+        header.truncate(hlen);
+        let mut data = vec![0u8; end - data_at];
+        self.rd.read_exact(&mut data)?;
+        if plen > end {
+            let mut digest = [0u8; 4];
+            self.rd.read_exact(&mut digest[..plen - end])?;
+        }
+        if data_at == end {
+            data.clear();
+        }
         Ok(Pdu {
             kind: ch[0],
             flags: ch[1],
-            header: all[..hlen].to_vec(),
+            header,
             data,
         })
     }
@@ -270,6 +278,19 @@ impl Queue {
                 PduType::C2hData => {
                     let cid = u16::from_le_bytes([p.header[8], p.header[9]]);
                     let off = le32(&p.header, 12) as usize;
+                    if off == 0 && p.flags & 0x08 != 0 && !self.data_in.contains_key(&cid) {
+                        // The whole transfer in one PDU with SUCCESS: its
+                        // data is the result.
+                        return Ok((
+                            Completion {
+                                cid,
+                                dw0: 0,
+                                dw1: 0,
+                                status: Status::SUCCESS,
+                            },
+                            p.data,
+                        ));
+                    }
                     let buf = self.data_in.entry(cid).or_default();
                     if buf.len() < off + p.data.len() {
                         buf.resize(off + p.data.len(), 0);

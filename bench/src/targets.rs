@@ -468,75 +468,101 @@ fn percentile(v: &mut [u64], p: f64) -> f64 {
     v[i] as f64 / 1000.0
 }
 
-/// keel's NVMe/TCP host at each workload.
-pub fn nvmf_keel(k: &Keel, seconds: f64) -> Result<Vec<Measure>> {
-    let sub = "nqn.2026-11.io.keel:vol0";
+/// An NVMe/TCP association with keel's `vol0` for load: the admin queue
+/// (kept open: dropping it ends the association) and one corked I/O queue,
+/// with the first 256 MiB written once.
+pub fn nvmf_session(k: &Keel) -> Result<(Queue, Queue)> {
+    nvmf_session_at(k.nvmf, "nqn.2026-11.io.keel:vol0")
+}
+
+/// [`nvmf_session`] with subsystem `sub` at `addr`.
+pub fn nvmf_session_at(addr: SocketAddr, sub: &str) -> Result<(Queue, Queue)> {
     let host = "nqn.2026-11.io.keel.bench:host";
-    let (_admin, cntlid) = Queue::admin(k.nvmf, sub, host, 0, false)?;
-    let mut q = Queue::io(k.nvmf, cntlid, 1, sub, host, false)?;
-    let bs = 4096u64;
+    let (admin, cntlid) = Queue::admin(addr, sub, host, 0, false)?;
+    let mut q = Queue::io(addr, cntlid, 1, sub, host, false)?;
     // Precondition the 256 MiB region.
     let chunk = vec![0x5au8; 1 << 20];
     for i in 0..256u64 {
         q.write(i * 256, &chunk, 4096, false)?;
     }
     q.set_cork(true)?;
+    Ok((admin, q))
+}
+
+/// One workload on an I/O queue of [`nvmf_session`]: random 4 KiB (or
+/// sequential larger) I/O at `qd` for `seconds`; CPU per I/O of `pid`.
+pub fn nvmf_measure(
+    q: &mut Queue,
+    pid: u32,
+    write: bool,
+    size: usize,
+    qd: usize,
+    seconds: f64,
+) -> Result<Measure> {
+    use rand::Rng;
+    let bs = 4096u64;
     let region = (256u64 << 20) / bs;
-    let mut out = Vec::new();
     let mut rng = rand::rngs::ThreadRng::default();
-    for (_name, write, size, qd) in WORKLOADS {
-        use rand::Rng;
-        let blocks = (size as u64 / bs) as u32;
-        let data = vec![0xa5u8; size];
-        let mut lat = Vec::new();
-        let mut inflight = std::collections::HashMap::new();
-        let mut seq = 0u64;
-        let cpu0 = cpu_seconds(k.pid());
-        let t0 = Instant::now();
-        let end = t0 + Duration::from_secs_f64(seconds);
-        let mut ios = 0u64;
-        let mut next_lba = |rng: &mut rand::rngs::ThreadRng| {
-            if size == 4096 {
-                rng.gen_range(0..region)
-            } else {
-                seq = (seq + u64::from(blocks)) % (region - u64::from(blocks));
-                seq
-            }
-        };
-        let submit = |q: &mut Queue, lba: u64| -> Result<u16> {
-            let mut s = Queue::rw_sqe(write, lba, blocks, false);
-            if write {
-                Ok(q.submit(s, &data)?)
-            } else {
-                s[32..36].copy_from_slice(&u32::try_from(size)?.to_le_bytes());
-                s[39] = 0x5a;
-                Ok(q.submit(s, &[])?)
-            }
-        };
-        for _ in 0..qd {
+    let blocks = (size as u64 / bs) as u32;
+    let data = vec![0xa5u8; size];
+    let mut lat = Vec::new();
+    let mut inflight = std::collections::HashMap::new();
+    let mut seq = 0u64;
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(seconds);
+    let mut ios = 0u64;
+    let mut next_lba = |rng: &mut rand::rngs::ThreadRng| {
+        if size == 4096 {
+            rng.gen_range(0..region)
+        } else {
+            seq = (seq + u64::from(blocks)) % (region - u64::from(blocks));
+            seq
+        }
+    };
+    let submit = |q: &mut Queue, lba: u64| -> Result<u16> {
+        let mut s = Queue::rw_sqe(write, lba, blocks, false);
+        if write {
+            Ok(q.submit(s, &data)?)
+        } else {
+            s[32..36].copy_from_slice(&u32::try_from(size)?.to_le_bytes());
+            s[39] = 0x5a;
+            Ok(q.submit(s, &[])?)
+        }
+    };
+    for _ in 0..qd {
+        let lba = next_lba(&mut rng);
+        inflight.insert(submit(q, lba)?, Instant::now());
+    }
+    while !inflight.is_empty() {
+        let (c, _) = q.reap()?;
+        if let Some(t) = inflight.remove(&c.cid) {
+            lat.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            ios += 1;
+        }
+        if Instant::now() < end {
             let lba = next_lba(&mut rng);
-            inflight.insert(submit(&mut q, lba)?, Instant::now());
+            inflight.insert(submit(q, lba)?, Instant::now());
         }
-        while !inflight.is_empty() {
-            let (c, _) = q.reap()?;
-            if let Some(t) = inflight.remove(&c.cid) {
-                lat.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
-                ios += 1;
-            }
-            if Instant::now() < end {
-                let lba = next_lba(&mut rng);
-                inflight.insert(submit(&mut q, lba)?, Instant::now());
-            }
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(k.pid()) - cpu0;
-        out.push(Measure {
-            iops: ios as f64 / secs,
-            p50_us: percentile(&mut lat, 0.5),
-            p99_us: percentile(&mut lat, 0.99),
-            cpu_us_per_io: cpu / (ios.max(1) as f64) * 1e6,
-            ..Measure::default()
-        });
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let max_us = lat.iter().max().map_or(0.0, |&m| m as f64 / 1000.0);
+    Ok(Measure {
+        iops: ios as f64 / secs,
+        p50_us: percentile(&mut lat, 0.5),
+        p99_us: percentile(&mut lat, 0.99),
+        cpu_us_per_io: cpu / (ios.max(1) as f64) * 1e6,
+        max_us,
+    })
+}
+
+/// keel's NVMe/TCP host at each workload.
+pub fn nvmf_keel(k: &Keel, seconds: f64) -> Result<Vec<Measure>> {
+    let (_admin, mut q) = nvmf_session(k)?;
+    let mut out = Vec::new();
+    for (_name, write, size, qd) in WORKLOADS {
+        out.push(nvmf_measure(&mut q, k.pid(), write, size, qd, seconds)?);
     }
     Ok(out)
 }
@@ -576,6 +602,34 @@ pub fn own_iscsi(
         out.push(crate::iscsi_load::run(&t, 256 << 20, w, seconds)?);
     }
     Ok(out)
+}
+
+/// One 4 KiB random workload of the pipelined iSCSI initiator over the
+/// first 256 MiB of the LUN.
+#[allow(clippy::too_many_arguments)]
+pub fn own_iscsi_one(
+    addr: SocketAddr,
+    iqn: &str,
+    lun: u64,
+    block_size: u32,
+    pid: u32,
+    write: bool,
+    qd: usize,
+    seconds: f64,
+) -> Result<Measure> {
+    let t = crate::iscsi_load::Lun {
+        addr,
+        target: iqn,
+        lun,
+        block_size,
+        pid,
+    };
+    let w = crate::iscsi_load::Workload {
+        write,
+        size: 4096,
+        qd,
+    };
+    crate::iscsi_load::run(&t, 256 << 20, w, seconds)
 }
 
 /// Find `keel-volume` next to this executable.
