@@ -105,6 +105,10 @@ enum Cmd {
         /// One run of 1 s per measurement (a smoke test of the command).
         #[arg(long)]
         quick: bool,
+        /// Start from an earlier run's --json: the parts skipped now keep
+        /// its results (rerun one part without the others).
+        #[arg(long, value_name = "FILE")]
+        reuse: Option<PathBuf>,
     },
     /// One workload of the bench's NVMe/TCP host against a running keel
     /// (the first 256 MiB are written first): IOPS, p50/p99 latency.
@@ -247,6 +251,7 @@ fn run(cli: Cli) -> Result<()> {
             fio_engine,
             skip,
             quick,
+            reuse,
         } => {
             for p in &skip {
                 if !["engine", "targets", "sockets", "sweep", "fio"].contains(&p.as_str()) {
@@ -263,6 +268,7 @@ fn run(cli: Cli) -> Result<()> {
                 dir,
                 fio_engine,
                 skip,
+                reuse,
             })
         }
         Cmd::NvmfLoad {
