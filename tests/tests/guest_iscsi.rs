@@ -17,6 +17,17 @@ const SERVER: &str = env!("CARGO_BIN_EXE_keel-test-server");
 
 #[test]
 fn open_iscsi_in_a_guest_uses_a_keel_volume_as_a_disk() {
+    guest_run(false);
+}
+
+/// The same with CRC32C header and data digests: every PDU of the session
+/// (a file system's worth) carries both, and keel checks and sends them.
+#[test]
+fn open_iscsi_with_header_and_data_digests() {
+    guest_run(true);
+}
+
+fn guest_run(digests: bool) {
     ensure_guest().unwrap_or_else(|e| panic!("guest image: {e}"));
     let dir = tempfile::tempdir().unwrap();
     // The guest reaches the host's 127.0.0.1:PORT as 10.0.2.2:PORT; the
@@ -32,15 +43,15 @@ fn open_iscsi_in_a_guest_uses_a_keel_volume_as_a_disk() {
     );
     let port_s = port.to_string();
     let iqn = iqn("vol0");
-    let run = run_script(
-        &script("iscsi-fs.sh"),
-        &[
-            ("TGT_PORT", &port_s),
-            ("TGT_IQN", &iqn),
-            ("STRICT_PORTAL", "1"),
-        ],
-        Duration::from_secs(600),
-    );
+    let mut env = vec![
+        ("TGT_PORT", port_s.as_str()),
+        ("TGT_IQN", iqn.as_str()),
+        ("STRICT_PORTAL", "1"),
+    ];
+    if digests {
+        env.push(("DIGESTS", "1"));
+    }
+    let run = run_script(&script("iscsi-fs.sh"), &env, Duration::from_secs(600));
     assert!(
         run.passed(),
         "guest run failed: {}\n--- console ---\n{}\n--- server ---\n{}",

@@ -18,6 +18,8 @@
 #      CHAP_USER, CHAP_PASS            one-way CHAP for the session
 #      CHAP_USER_IN, CHAP_PASS_IN      mutual CHAP (the target's credentials)
 #      MKFS_OPTS  extra mkfs.ext4 options
+#      DIGESTS=1  ask for CRC32C header and data digests; fail unless the
+#                 session runs with both
 . /usr/share/keel/guest-lib.sh
 # shellcheck disable=SC2034 # read by guest-lib.sh
 KEEL_SCRIPT=iscsi-fs
@@ -49,6 +51,12 @@ login() {
   DEV=$(iscsi_disk)
   echo "  logged in, $DEV appeared after $(elapsed "$t0")s"
   iscsiadm -m session -P 1 | grep -E 'Current Portal|Iface Initiatorname|iSCSI Connection State|iSCSI Session State' | sed 's/^[[:space:]]*/  /'
+  if [ -n "${DIGESTS:-}" ]; then
+    iscsiadm -m session -P 2 > /tmp/sess2 2>&1
+    grep -E 'HeaderDigest|DataDigest' /tmp/sess2 | sed 's/^[[:space:]]*/  /'
+    grep -q 'HeaderDigest: CRC32C' /tmp/sess2 || fail "the session runs without header digests"
+    grep -q 'DataDigest: CRC32C' /tmp/sess2 || fail "the session runs without data digests"
+  fi
 }
 
 logout() {
@@ -112,6 +120,11 @@ if [ -n "${CHAP_USER:-}" ]; then
     node_set node.session.auth.password_in "$CHAP_PASS_IN"
   fi
   echo "  CHAP as $CHAP_USER${CHAP_USER_IN:+ (mutual, target $CHAP_USER_IN)}"
+fi
+if [ -n "${DIGESTS:-}" ]; then
+  node_set 'node.conn[0].iscsi.HeaderDigest' CRC32C
+  node_set 'node.conn[0].iscsi.DataDigest' CRC32C
+  echo "  asking for CRC32C header and data digests"
 fi
 
 login
