@@ -36,6 +36,46 @@ pub fn describe(dir: &Path) -> serde_json::Value {
     })
 }
 
+/// Total memory in bytes (`MemTotal` of /proc/meminfo), 0 if unknown.
+pub fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The block device behind `device` (`/dev/vda1` → its disk `vda`) from
+/// sysfs: `{name, driver, model, size_bytes, rotational}`; nulls where
+/// sysfs has nothing (overlay, tmpfs, network file systems).
+pub fn disk(device: &str) -> serde_json::Value {
+    let name = device.rsplit('/').next().unwrap_or("");
+    let mut sys = std::path::PathBuf::from("/sys/class/block").join(name);
+    if sys.join("partition").exists() {
+        sys = sys.join("..");
+    }
+    let read = |f: &str| {
+        std::fs::read_to_string(sys.join(f))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let disk = std::fs::canonicalize(&sys)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let driver = std::fs::read_link(sys.join("device/driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    serde_json::json!({
+        "name": disk,
+        "driver": driver,
+        "model": read("device/model"),
+        "size_bytes": read("size").and_then(|s| s.parse::<u64>().ok()).map(|s| s * 512),
+        "rotational": read("queue/rotational").map(|r| r == "1"),
+    })
+}
+
 /// `f_type` of `statfs(2)` on `dir`.
 pub fn statfs_magic(dir: &Path) -> Option<i128> {
     rustix::fs::statfs(dir).ok().map(|s| i128::from(s.f_type))
@@ -96,5 +136,7 @@ mod tests {
         assert!(statfs_magic(Path::new(".")).is_some());
         assert_eq!(fs_name(TMPFS_MAGIC), Some("tmpfs"));
         assert!(memory_backed(TMPFS_MAGIC) && !memory_backed(0xef53));
+        assert!(memory_bytes() > 0);
+        assert!(disk("/dev/no-such-disk")["size_bytes"].is_null());
     }
 }

@@ -61,6 +61,10 @@ fn me() -> Result<PathBuf> {
     Ok(std::env::current_exe()?)
 }
 
+fn sub_json_owned(args: &[String]) -> Result<Value> {
+    sub_json(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Run `keel-bench ARGS --json` and parse its output.
 fn sub_json(args: &[&str]) -> Result<Value> {
     let o = Command::new(me()?)
@@ -323,8 +327,11 @@ pub fn collect(o: &Opts) -> Result<Value> {
     let secs = o.seconds.to_string();
     let skip = |p: &str| o.skip.iter().any(|s| s == p);
     let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let mut machine = crate::machine::describe(&o.dir);
+    machine["memory_bytes"] = json!(crate::machine::memory_bytes());
+    machine["disk"] = crate::machine::disk(machine["device"].as_str().unwrap_or(""));
     let mut all = json!({
-        "machine": crate::machine::describe(&o.dir),
+        "machine": machine,
         "commit": format!("{}{}", git(&["rev-parse", "--short", "HEAD"]), if dirty { "-dirty" } else { "" }),
         "date": Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|x| String::from_utf8_lossy(&x.stdout).trim().to_owned()).unwrap_or_default(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -345,47 +352,30 @@ pub fn collect(o: &Opts) -> Result<Value> {
             json!({"from": p.display().to_string(), "date": old["date"], "commit": old["commit"]});
     }
     let dir = o.dir.to_string_lossy().into_owned();
-    if !skip("engine") {
-        eprintln!("keel-bench report: engine");
-        all["engine"] = sub_json(&[
-            "engine",
-            "--runs",
-            &runs,
-            "--seconds",
-            &secs,
-            "--dir",
-            &format!("{dir}/engine"),
-        ])?;
-    }
-    if !skip("targets") {
-        eprintln!("keel-bench report: targets");
-        all["targets"] = sub_json(&[
-            "targets",
-            "--runs",
-            &runs,
-            "--seconds",
-            &secs,
-            "--dir",
-            &dir,
-        ])?;
-    }
-    if !skip("sockets") {
-        eprintln!("keel-bench report: sockets");
-        all["sockets"] = sub_json(&[
-            "sockets",
-            "--runs",
-            &runs,
-            "--seconds",
-            &secs,
-            "--dir",
-            &dir,
-        ])?;
-    }
-    if !skip("sweep") {
-        all["sweep"] = sweep(&o.dir, o.runs.max(1), (o.seconds / 2.0).max(1.0))?;
-    }
-    if !skip("fio") {
-        all["fio"] = fio_part(&o.dir, o.runs.max(1), o.seconds, &o.fio_engine)?;
+    let engine_dir = format!("{dir}/engine");
+    let common = |part: &'static str, d: &str| -> Vec<String> {
+        [part, "--runs", &runs, "--seconds", &secs, "--dir", d]
+            .iter()
+            .map(|x| (*x).to_owned())
+            .collect()
+    };
+    for part in ["engine", "targets", "sockets", "sweep", "fio"] {
+        if skip(part) {
+            continue;
+        }
+        eprintln!("keel-bench report: {part}");
+        let r = match part {
+            "engine" => sub_json_owned(&common("engine", &engine_dir)),
+            "targets" => sub_json_owned(&common("targets", &dir)),
+            "sockets" => sub_json_owned(&common("sockets", &dir)),
+            "sweep" => sweep(&o.dir, o.runs.max(1), (o.seconds / 2.0).max(1.0)),
+            _ => fio_part(&o.dir, o.runs.max(1), o.seconds, &o.fio_engine),
+        };
+        // A part that fails is reported as failed; the others still run.
+        all[part] = r.unwrap_or_else(|e| {
+            eprintln!("keel-bench report: {part} failed: {e:#}");
+            json!({ "error": format!("{e:#}") })
+        });
     }
     all["elapsed_seconds"] = json!(t0.elapsed().as_secs());
     Ok(all)
@@ -435,19 +425,34 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
             v["reused"]["commit"].as_str().unwrap_or("?")
         );
     }
+    let d = &m["disk"];
     let _ = writeln!(
         s,
-        "Machine: {} cores ({}), kernel {}, {} on {} ({}). Target and clients share the cores.\n",
+        "Machine: {} cores ({}), {} GiB, kernel {}, {} on {} ({}; disk {} {} GiB, driver {}, {}). Target and clients share the cores.\n",
         m["cores"],
         m["cpu"].as_str().unwrap_or("?"),
+        m["memory_bytes"].as_u64().unwrap_or(0) >> 30,
         m["kernel"].as_str().unwrap_or("?"),
         m["fs_type"].as_str().unwrap_or("?"),
         m["device"].as_str().unwrap_or("?"),
         m["dir"].as_str().unwrap_or("?"),
+        d["name"].as_str().unwrap_or("?"),
+        d["size_bytes"].as_u64().unwrap_or(0) >> 30,
+        d["driver"].as_str().unwrap_or("?"),
+        match d["rotational"].as_bool() {
+            Some(true) => "rotational",
+            Some(false) => "non-rotational",
+            None => "rotational unknown",
+        },
     );
+    for part in ["engine", "targets", "sockets", "sweep", "fio"] {
+        if let Some(e) = v[part]["error"].as_str() {
+            let _ = writeln!(s, "**{part} failed:** {e}\n");
+        }
+    }
     let mut goals = String::new();
     let t = &v["targets"];
-    if t.is_object() {
+    if t.is_object() && t["error"].is_null() {
         let _ = writeln!(
             s,
             "### Targets: 4 KiB random I/O, same client for keel and tgt\n"
@@ -605,7 +610,7 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
         }
     }
     let e = &v["engine"];
-    if e.is_object() {
+    if e.is_object() && e["error"].is_null() {
         let _ = writeln!(
             s,
             "### Engine (keel-bench engine): each backend against raw pwrite+fdatasync\n"
@@ -654,7 +659,7 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
         }
     }
     let so = &v["sockets"];
-    if so.is_object() {
+    if so.is_object() && so["error"].is_null() {
         let _ = writeln!(
             s,
             "### Socket I/O: epoll vs io_uring (keel-bench sockets)\n"
@@ -677,7 +682,7 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
         s.push('\n');
     }
     let fi = &v["fio"];
-    if fi.is_object() {
+    if fi.is_object() && fi["error"].is_null() {
         let _ = writeln!(
             s,
             "### fio: the raw disk, plain files, and the engine through the C ABI\n"
@@ -737,7 +742,7 @@ pub fn splice(doc: &str, generated: &str) -> String {
 pub fn plots(v: &Value, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
-    if let Some(series) = v["sweep"]["series"].as_array() {
+    if let Some(series) = v["sweep"]["series"].as_array().filter(|a| !a.is_empty()) {
         let ss: Vec<Series> = series
             .iter()
             .map(|x| Series {
@@ -860,7 +865,10 @@ mod tests {
                 ]
             }
         });
+        let mut v = v;
+        v["fio"] = json!({"error": "cannot run fio (apt-get install fio)"});
         let md = markdown(&v, "bench");
+        assert!(md.contains("**fio failed:** cannot run fio"), "{md}");
         assert!(md.contains("](bench/iops-vs-qd.svg)"), "{md}");
         assert!(
             md.contains("| PASS | iSCSI 4k random read QD32 vs tgt (own initiator) | 4.00x | 3x |"),
