@@ -585,23 +585,10 @@ pub fn own_iscsi(
     pid: u32,
     seconds: f64,
 ) -> Result<Vec<Measure>> {
-    let mut out = Vec::new();
-    for (_, write, qd) in OWN_ISCSI {
-        let w = crate::iscsi_load::Workload {
-            write,
-            size: 4096,
-            qd,
-        };
-        let t = crate::iscsi_load::Lun {
-            addr,
-            target: iqn,
-            lun,
-            block_size,
-            pid,
-        };
-        out.push(crate::iscsi_load::run(&t, 256 << 20, w, seconds)?);
-    }
-    Ok(out)
+    OWN_ISCSI
+        .iter()
+        .map(|&(_, write, qd)| own_iscsi_one(addr, iqn, lun, block_size, pid, write, qd, seconds))
+        .collect()
 }
 
 /// One 4 KiB random workload of the pipelined iSCSI initiator over the

@@ -181,6 +181,45 @@ fn line(out: &mut String, name: &str, labels: &str, v: impl std::fmt::Display) {
     }
 }
 
+/// One labelled Prometheus histogram: `finite` holds each finite bucket's
+/// upper bound and its own (not cumulative) count; `+Inf` is `count`.
+fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    finite: &[(f64, u64)],
+    sum: f64,
+    count: u64,
+) {
+    let mut cum = 0;
+    for &(le, n) in finite {
+        cum += n;
+        line(
+            out,
+            &format!("{name}_bucket"),
+            &format!("{labels},le=\"{le}\""),
+            cum,
+        );
+    }
+    line(
+        out,
+        &format!("{name}_bucket"),
+        &format!("{labels},le=\"+Inf\""),
+        count,
+    );
+    line(out, &format!("{name}_sum"), labels, sum);
+    line(out, &format!("{name}_count"), labels, count);
+}
+
+/// The finite upper bounds of an engine histogram (its last bucket,
+/// `u64::MAX`, is everything above), divided into the exported unit.
+fn engine_buckets(bounds: &[u64], div: f64) -> impl Iterator<Item = f64> + '_ {
+    bounds
+        .iter()
+        .filter(|&&b| b != u64::MAX)
+        .map(move |&b| b as f64 / div)
+}
+
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -338,23 +377,11 @@ pub fn metrics_text(state: &State) -> String {
     );
     for (l, _, st) in &stats {
         let s = &st.stats;
-        let mut cum = 0;
-        for (i, b) in keel_blockvol::BATCH_BUCKETS.iter().enumerate() {
-            cum += s.group_commit_batch_hist[i];
-            let le = if *b == u64::MAX {
-                "+Inf".to_owned()
-            } else {
-                b.to_string()
-            };
-            line(
-                &mut o,
-                &format!("{name}_bucket"),
-                &format!("{l},le=\"{le}\""),
-                cum,
-            );
-        }
-        line(&mut o, &format!("{name}_sum"), l, s.group_commit_waiters);
-        line(&mut o, &format!("{name}_count"), l, s.group_commits);
+        let finite: Vec<(f64, u64)> = engine_buckets(&keel_blockvol::BATCH_BUCKETS, 1.0)
+            .zip(s.group_commit_batch_hist)
+            .collect();
+        let sum = s.group_commit_waiters as f64;
+        histogram(&mut o, name, l, &finite, sum, s.group_commits);
     }
     let name = "keel_volume_group_commit_sync_seconds";
     head(
@@ -365,33 +392,12 @@ pub fn metrics_text(state: &State) -> String {
     );
     for (l, _, st) in &stats {
         let s = &st.stats;
-        let mut cum = 0;
-        for (i, b) in keel_blockvol::SYNC_BUCKETS_US.iter().enumerate() {
-            cum += s.group_commit_sync_hist[i];
-            let le = if *b == u64::MAX {
-                "+Inf".to_owned()
-            } else {
-                (*b as f64 / 1e6).to_string()
-            };
-            line(
-                &mut o,
-                &format!("{name}_bucket"),
-                &format!("{l},le=\"{le}\""),
-                cum,
-            );
-        }
-        line(
-            &mut o,
-            &format!("{name}_sum"),
-            l,
-            s.group_commit_sync_us_sum as f64 / 1e6,
-        );
-        line(
-            &mut o,
-            &format!("{name}_count"),
-            l,
-            s.group_commit_sync_hist.iter().sum::<u64>(),
-        );
+        let finite: Vec<(f64, u64)> = engine_buckets(&keel_blockvol::SYNC_BUCKETS_US, 1e6)
+            .zip(s.group_commit_sync_hist)
+            .collect();
+        let count = s.group_commit_sync_hist.iter().sum::<u64>();
+        let sum = s.group_commit_sync_us_sum as f64 / 1e6;
+        histogram(&mut o, name, l, &finite, sum, count);
     }
     for (name, help, pick) in [
         (
@@ -413,25 +419,12 @@ pub fn metrics_text(state: &State) -> String {
                 &h.target.stats.write_latency
             };
             let (buckets, sum_us, count) = hist.snapshot();
-            let mut cum = 0;
-            for (i, b) in keel_iscsi::target::LATENCY_BUCKETS_US.iter().enumerate() {
-                cum += buckets[i];
-                let le = *b as f64 / 1e6;
-                line(
-                    &mut o,
-                    &format!("{name}_bucket"),
-                    &format!("{l},le=\"{le}\""),
-                    cum,
-                );
-            }
-            line(
-                &mut o,
-                &format!("{name}_bucket"),
-                &format!("{l},le=\"+Inf\""),
-                count,
-            );
-            line(&mut o, &format!("{name}_sum"), l, sum_us as f64 / 1e6);
-            line(&mut o, &format!("{name}_count"), l, count);
+            let finite: Vec<(f64, u64)> = keel_iscsi::target::LATENCY_BUCKETS_US
+                .iter()
+                .map(|&b| b as f64 / 1e6)
+                .zip(buckets.iter().copied())
+                .collect();
+            histogram(&mut o, name, l, &finite, sum_us as f64 / 1e6, count);
         }
     }
     head(
