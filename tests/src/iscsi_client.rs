@@ -10,7 +10,7 @@ use std::time::Duration;
 use keel_pdu::iscsi::text::{parse_pairs, push_pair};
 use keel_pdu::iscsi::{
     body_len, padded_len, parse, DataOut, Login, LogoutRequest, Nop, Pdu, RawBhs, ScsiCommand,
-    BHS_LEN,
+    TaskMgmtRequest, BHS_LEN,
 };
 
 /// A received PDU.
@@ -83,9 +83,51 @@ impl Client {
         &mut self.sock
     }
 
-    fn next_itt(&mut self) -> u32 {
+    /// A fresh Initiator Task Tag (for PDUs a test builds itself).
+    pub fn next_itt(&mut self) -> u32 {
         self.itt = self.itt.wrapping_add(1);
         self.itt
+    }
+
+    /// The ITT of the last command this client sent.
+    pub fn last_itt(&self) -> u32 {
+        self.itt
+    }
+
+    /// Send an immediate task-management request (`function` 1 ABORT TASK,
+    /// 2 ABORT TASK SET, 5 LOGICAL UNIT RESET, ...) and return the
+    /// response code of its answer. PDUs that arrive first (other tasks'
+    /// responses) are returned in `before`.
+    pub fn task_mgmt(
+        &mut self,
+        function: u8,
+        ref_itt: u32,
+        ref_cmd_sn: u32,
+        before: &mut Vec<Received>,
+    ) -> std::io::Result<u8> {
+        let itt = self.next_itt();
+        let m = TaskMgmtRequest {
+            immediate: true,
+            function,
+            lun: 0,
+            itt,
+            ref_task_tag: ref_itt,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            ref_cmd_sn,
+            exp_data_sn: 0,
+        };
+        self.send(&m.encode(), &[])?;
+        loop {
+            let r = self.recv()?;
+            match r.pdu {
+                Pdu::TaskMgmtResponse(x) if x.itt == itt => {
+                    self.exp_stat_sn = x.stat_sn.wrapping_add(1);
+                    return Ok(x.response);
+                }
+                _ => before.push(r),
+            }
+        }
     }
 
     /// Send a PDU (no digests).

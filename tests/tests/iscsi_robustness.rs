@@ -386,3 +386,73 @@ fn target_pings_idle_initiators_and_drops_silent_ones() {
     assert!(got_ping);
     assert!(closed_after < Duration::from_secs(8), "{closed_after:?}");
 }
+
+/// ABORT TASK as RFC 7143 11.5.1 has it: a task the target still holds is
+/// aborted ("Function complete", and no response for it ever comes); a
+/// task that already completed, or never existed, gets "Task does not
+/// exist". The completed case is what libiscsi's
+/// iSCSITMF.AbortTaskSimpleAsync checks when the write wins the race (the
+/// target used to answer "Function complete" there).
+#[test]
+fn abort_task_answers_as_rfc_7143_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(Path::new(SERVER), dir.path(), &["vol0:64MiB"], &[]);
+    let mut c = Client::connect(s.iscsi).unwrap();
+    c.login(INI, Some(&iqn("vol0")), None).unwrap();
+    let mut before = Vec::new();
+
+    // A write that completed (its GOOD status is in): does not exist.
+    let data = vec![0x5a; 8 * BS as usize];
+    assert_eq!(c.write16(10, &data, BS, false).unwrap().status, 0);
+    let (itt, sn) = (c.last_itt(), c.cmd_sn.wrapping_sub(1));
+    assert_eq!(
+        c.task_mgmt(1, itt, sn, &mut before).unwrap(),
+        1,
+        "ABORT TASK of a completed write"
+    );
+    // A tag that never existed, RefCmdSN long past.
+    assert_eq!(
+        c.task_mgmt(1, 0x7777, sn.wrapping_sub(5), &mut before).unwrap(),
+        1,
+        "ABORT TASK of an unknown tag"
+    );
+    assert!(before.is_empty(), "unexpected PDUs: {before:?}");
+
+    // A write the target holds, waiting for its data after an R2T: aborted.
+    let itt = c.next_itt();
+    let mut cmd = base();
+    cmd.final_bit = true;
+    cmd.write = true;
+    cmd.attr = 1;
+    cmd.itt = itt;
+    cmd.expected_len = 8 * BS;
+    cmd.cmd_sn = c.cmd_sn;
+    cmd.exp_stat_sn = c.exp_stat_sn;
+    cmd.cdb[0] = 0x8a;
+    cmd.cdb[2..10].copy_from_slice(&20u64.to_be_bytes());
+    cmd.cdb[10..14].copy_from_slice(&8u32.to_be_bytes());
+    c.cmd_sn = c.cmd_sn.wrapping_add(1);
+    c.send(&cmd.encode(), &[]).unwrap();
+    let r = c.recv().unwrap();
+    assert!(matches!(r.pdu, Pdu::R2t(_)), "expected an R2T, got {r:?}");
+    assert_eq!(
+        c.task_mgmt(1, itt, cmd.cmd_sn, &mut before).unwrap(),
+        0,
+        "ABORT TASK of a write waiting for data"
+    );
+    assert!(
+        before.is_empty(),
+        "a response for the aborted task: {before:?}"
+    );
+    // The session goes on; the aborted write changed nothing.
+    let r = c.read16(20, 8, BS).unwrap();
+    assert_eq!(r.status, 0);
+    assert!(
+        r.data.iter().all(|&b| b == 0),
+        "the aborted write's blocks changed"
+    );
+    let r = c.read16(10, 8, BS).unwrap();
+    assert_eq!(r.status, 0);
+    assert!(r.data == data, "the completed write's data");
+    c.logout().unwrap();
+}

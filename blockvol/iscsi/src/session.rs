@@ -2050,6 +2050,16 @@ impl IscsiConn {
         Ok(())
     }
 
+    /// Whether an ABORT TASK's RefCmdSN lies in the CmdSN window
+    /// [ExpCmdSN, MaxCmdSN] and before the TMF's own CmdSN (serial number
+    /// arithmetic): a command the target has not received yet.
+    fn ref_cmd_sn_not_yet_received(&self, m: &TaskMgmtRequest) -> bool {
+        let from_exp = m.ref_cmd_sn.wrapping_sub(self.exp_cmd_sn);
+        let window = self.max_cmd_sn().wrapping_sub(self.exp_cmd_sn);
+        let before_tmf = (m.cmd_sn.wrapping_sub(m.ref_cmd_sn) as i32) > 0;
+        from_exp <= window && before_tmf
+    }
+
     fn abort_slot(&mut self, slot: usize) -> bool {
         let Some(t) = self.tasks[slot].as_mut() else {
             return false;
@@ -2067,6 +2077,8 @@ impl IscsiConn {
     }
 
     fn on_tmf(&mut self, m: &TaskMgmtRequest, out: &mut OutQueue) -> Result<(), Close> {
+        // The window as it was before this TMF's own CmdSN is accepted.
+        let ref_not_received = self.ref_cmd_sn_not_yet_received(m);
         self.accept_cmd_sn(m.cmd_sn, m.immediate);
         let mut waiting = Vec::new();
         let mut cold = false;
@@ -2080,10 +2092,19 @@ impl IscsiConn {
                         waiting.push(slot);
                     }
                     0
-                } else {
-                    // Not found: already answered (completed) or never
-                    // received; both count as done.
+                } else if ref_not_received {
+                    // RFC 7143 11.5.1 b): the referenced command was never
+                    // received but its CmdSN is in the window and before
+                    // the TMF's: it counts as received and aborted.
                     0
+                } else {
+                    // 11.5.1 c): not found and outside the window, so the
+                    // task completed (its response is already queued) or
+                    // never existed: "Task does not exist". Answering
+                    // "Function complete" here told the initiator a
+                    // command was aborted whose GOOD status it had just
+                    // received (libiscsi iSCSITMF.AbortTaskSimpleAsync).
+                    1
                 }
             }
             // ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET,
