@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use smallvec::SmallVec;
+
 /// Where the current content of a dirty range is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -53,6 +55,10 @@ pub struct Segment {
     pub dirty: Option<(u64, Source)>,
 }
 
+/// Entries a write overlaps: a few at most in practice, kept inline (no
+/// allocation per write).
+type Overlap = SmallVec<[(u64, Entry); 4]>;
+
 /// Interval map of dirty block ranges.
 #[derive(Debug)]
 pub struct DirtyMap {
@@ -82,15 +88,15 @@ impl DirtyMap {
     }
 
     /// Remove every entry overlapping `[start, end)` and return them (whole).
-    fn take_overlapping(&mut self, start: u64, end: u64) -> Vec<(u64, Entry)> {
-        let mut keys = Vec::new();
+    fn take_overlapping(&mut self, start: u64, end: u64) -> Overlap {
+        let mut keys: SmallVec<[u64; 4]> = SmallVec::new();
         if let Some((&k, e)) = self.map.range(..start).next_back() {
             if k + e.len > start {
                 keys.push(k);
             }
         }
         keys.extend(self.map.range(start..end).map(|(&k, _)| k));
-        let mut out = Vec::with_capacity(keys.len());
+        let mut out = Overlap::new();
         for k in keys {
             if let Some(e) = self.map.remove(&k) {
                 self.dirty_blocks -= e.len;
@@ -117,7 +123,7 @@ impl DirtyMap {
         let old = self.take_overlapping(start, end);
         let bs = self.block_size;
         // Fringes outside the range stay as they were.
-        let mut keep_newer: Vec<(u64, Entry)> = Vec::new();
+        let mut keep_newer = Overlap::new();
         for (k, e) in old {
             let e_end = k + e.len;
             if k < start {

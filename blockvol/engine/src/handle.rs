@@ -147,6 +147,17 @@ pub struct Handle {
     free: Vec<usize>,
     deferred: VecDeque<Deferred>,
     segs: Vec<Segment>,
+    /// Read segment lists of finished reads, reused.
+    rseg_spare: Vec<Vec<ReadSeg>>,
+    /// WAL record header buffers of finished writes, reused. Boxed on
+    /// purpose: the kernel reads the header through a pointer while the
+    /// write is in flight, so it must not move with this list.
+    #[allow(clippy::vec_box)]
+    hdr_spare: Vec<Box<[u8; HEADER_LEN]>>,
+    /// Operations finished on this handle's own thread (reads, WAL writes
+    /// without a shared sync, errors): handed out by the next poll without
+    /// the shared queue (no allocation, no wake-up).
+    local: VecDeque<Completion>,
     done: Vec<IoDone>,
     in_flight: usize,
 }
@@ -183,6 +194,9 @@ impl Handle {
             free: Vec::new(),
             deferred: VecDeque::new(),
             segs: Vec::new(),
+            rseg_spare: Vec::new(),
+            hdr_spare: Vec::new(),
+            local: VecDeque::with_capacity(64),
             done: Vec::new(),
             in_flight: 0,
         })
@@ -206,7 +220,7 @@ impl Handle {
     /// instead of sleeping. Without arming, completions arrive silently
     /// (no syscall per completion while the owner is busy polling).
     pub fn arm_notify(&self) -> bool {
-        self.notifier.arm()
+        self.local.is_empty() && self.notifier.arm()
     }
 
     /// What a reactor does before it sleeps on [`Handle::notify_fd`]: poll
@@ -383,8 +397,8 @@ impl Handle {
         }
     }
 
-    fn complete_now(&self, tag: u64, result: Result<()>, buf: Option<Vec<u8>>) {
-        self.notifier.push_ready(Completion { tag, result, buf });
+    fn complete_now(&mut self, tag: u64, result: Result<()>, buf: Option<Vec<u8>>) {
+        self.local.push_back(Completion { tag, result, buf });
     }
 
     fn admit(&self, need: u64, soft_done: bool) -> Admit {
@@ -511,8 +525,15 @@ impl Handle {
             durable,
             linked,
         });
+        let hdr = match self.hdr_spare.pop() {
+            Some(mut b) => {
+                *b = hdr;
+                b
+            }
+            None => Box::new(hdr),
+        };
         let op = IoOp::WalWrite {
-            hdr: Box::new(hdr),
+            hdr,
             data,
             pieces,
             sync: linked,
@@ -538,7 +559,8 @@ impl Handle {
         let blocks = buf.len() as u64 / bs;
         let seq = i.reclaim_seq.load(Ordering::SeqCst);
         lock(&i.dirty).lookup(lba, blocks, &mut self.segs);
-        let mut rsegs = Vec::with_capacity(self.segs.len() + 1);
+        let mut rsegs = self.rseg_spare.pop().unwrap_or_default();
+        rsegs.clear();
         let mut wal = false;
         for s in &self.segs {
             let buf_off = usize::try_from((s.lba - lba) * bs).unwrap_or(0);
@@ -571,6 +593,7 @@ impl Handle {
             }
         }
         if rsegs.is_empty() {
+            self.rseg_spare.push(rsegs);
             Stats::add(&i.stats.read_ops, 1);
             Stats::add(&i.stats.read_bytes, buf.len() as u64);
             self.complete_now(tag, Ok(()), Some(buf));
@@ -615,8 +638,13 @@ impl Handle {
                 linked,
             } => {
                 let buf = match d.op {
-                    IoOp::WalWrite { data, .. } if kind == RecordKind::Write => Some(data),
-                    _ => None,
+                    IoOp::WalWrite { data, hdr, .. } => {
+                        if self.hdr_spare.len() < 64 {
+                            self.hdr_spare.push(hdr);
+                        }
+                        (kind == RecordKind::Write).then_some(data)
+                    }
+                    IoOp::Read { .. } => None,
                 };
                 if let Err(e) = d.result {
                     Stats::add(&i.stats.io_errors, 1);
@@ -665,9 +693,12 @@ impl Handle {
                 }
             }
             Pending::Read { tag, lba, seq, wal } => {
-                let IoOp::Read { buf, .. } = d.op else {
+                let IoOp::Read { buf, segs } = d.op else {
                     return;
                 };
+                if self.rseg_spare.len() < 64 {
+                    self.rseg_spare.push(segs);
+                }
                 if let Err(e) = d.result {
                     Stats::add(&i.stats.io_errors, 1);
                     self.complete_now(tag, Err(Error::Io(e)), Some(buf));
@@ -746,6 +777,10 @@ impl Handle {
             self.retry_deferred();
         }
         let mut n = 0;
+        while let Some(c) = self.local.pop_front() {
+            f(c);
+            n += 1;
+        }
         while let Some(c) = self.notifier.ready.pop() {
             f(c);
             n += 1;
@@ -767,7 +802,8 @@ impl Handle {
         if !spin.is_zero() && self.in_flight > 0 {
             let until = Instant::now() + spin.min(timeout.unwrap_or(spin));
             loop {
-                let ready = self.notifier.pending()
+                let ready = !self.local.is_empty()
+                    || self.notifier.pending()
                     || match &mut self.exec {
                         #[cfg(feature = "backend-std")]
                         Exec::Std => false,
@@ -782,6 +818,9 @@ impl Handle {
                 }
                 std::hint::spin_loop();
             }
+        }
+        if !self.local.is_empty() {
+            return;
         }
         let mut t = timeout;
         if let Some(d) = self.deferred.front() {

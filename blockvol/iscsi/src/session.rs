@@ -28,7 +28,11 @@ use keel_pdu::iscsi::{
 };
 use keel_pdu::scsi::sense::{asc, key, Sense};
 use keel_pdu::scsi::{parse_cdb, status, Cdb};
-use keel_reactor::{Close, CloseReason, Context, Interest, OutQueue, Protocol, Registration};
+use keel_reactor::{
+    buffer_pool, BufferPool, Close, CloseReason, Context, Interest, OutQueue, Protocol,
+    Registration,
+};
+use smallvec::SmallVec;
 
 use crate::chap::{self, Credentials};
 use crate::lun::{Action, DataAction, Nexus, ASC_INVALID_FIELD_IN_IU, ASC_MISCOMPARE};
@@ -37,6 +41,11 @@ use crate::target::{PortalSpec, Registry, SessionInfo, Target};
 
 /// Engine I/O is split into buffers of at most this size.
 const CHUNK: usize = 256 << 10;
+
+/// A task's data-out buffers, one per [`CHUNK`]; inline up to 1 MiB (no
+/// allocation for the list itself).
+type Chunks = SmallVec<[Vec<u8>; 4]>;
+
 /// Data bytes a login PDU may carry.
 const LOGIN_MAX_DATA: usize = 64 << 10;
 /// Reserved TTT meaning "none".
@@ -146,7 +155,7 @@ struct Task {
     /// Data-out received into `data` (bytes, counted once per offset).
     got: u32,
     /// Data-out buffers of `CHUNK` bytes each.
-    data: Vec<Vec<u8>>,
+    data: Chunks,
     /// Unsolicited Data-Out still expected (the F bit has not come).
     unsol_open: bool,
     /// End of the unsolicited region.
@@ -157,7 +166,7 @@ struct Task {
     next_r2t: u32,
     r2t_sn: u32,
     /// Outstanding R2Ts: (ttt, offset, length, next DataSN expected).
-    r2ts: Vec<(u32, u32, u32, u32)>,
+    r2ts: SmallVec<[(u32, u32, u32, u32); 2]>,
     /// The command is answered with this once the unsolicited data is in
     /// (an EDTL that does not match the CDB).
     reject_with: Option<(u8, Option<Sense>, Residual, u32)>,
@@ -166,7 +175,7 @@ struct Task {
     /// First error of the engine operations.
     error: Option<(u8, Option<Sense>)>,
     /// Read buffers by chunk index, and the next chunk to send.
-    reads: Vec<Option<Vec<u8>>>,
+    reads: SmallVec<[Option<Vec<u8>>; 4]>,
     next_send: usize,
     /// Next chunk to submit (reads wait for pool buffers).
     next_submit: usize,
@@ -210,6 +219,8 @@ pub struct IscsiConn {
     // The registration must drop before the handle (field order).
     notify: Option<Registration>,
     handle: Option<Handle>,
+    /// The reactor's buffer pool (known from the first input on).
+    pool: Option<Arc<BufferPool>>,
     block_size: u32,
     tasks: Vec<Option<Task>>,
     free: Vec<usize>,
@@ -360,6 +371,7 @@ impl IscsiConn {
             kill: None,
             notify: None,
             handle: None,
+            pool: None,
             block_size: 512,
             tasks: Vec::new(),
             free: Vec::new(),
@@ -953,7 +965,7 @@ impl IscsiConn {
             return Err(self.protocol_error(out, raw_bhs, "immediate data beyond the limits"));
         }
         // CDB: 16 bytes in the BHS, more in an extended-CDB AHS.
-        let mut cdb_bytes = cmd.cdb.to_vec();
+        let mut cdb_bytes: SmallVec<[u8; 32]> = SmallVec::from_slice(&cmd.cdb);
         if ahs.len() >= 4 && ahs[2] == 0x01 {
             let l = usize::from(u16::from_be_bytes([ahs[0], ahs[1]]));
             if l >= 1 && 3 + l <= ahs.len() {
@@ -1011,17 +1023,17 @@ impl IscsiConn {
             work: Work::None,
             want: 0,
             got: 0,
-            data: Vec::new(),
+            data: Chunks::new(),
             unsol_open: !cmd.final_bit,
             unsol_end: 0,
             unsol_sn: 0,
             next_r2t: 0,
             r2t_sn: 0,
-            r2ts: Vec::new(),
+            r2ts: SmallVec::new(),
             reject_with: None,
             ops: 0,
             error: None,
-            reads: Vec::new(),
+            reads: SmallVec::new(),
             next_send: 0,
             next_submit: 0,
             data_sn: 0,
@@ -1069,7 +1081,7 @@ impl IscsiConn {
                 let spdtl = blocks * bs;
                 task.send_len = spdtl.min(cmd.expected_len);
                 let chunks = (task.send_len as usize).div_ceil(CHUNK);
-                task.reads = (0..chunks).map(|_| None).collect();
+                task.reads.resize(chunks, None);
             }
             Action::CheckRead { lba, blocks } => {
                 task.work = Work::Read {
@@ -1079,7 +1091,7 @@ impl IscsiConn {
                 };
                 task.send_len = 0;
                 let chunks = ((blocks * bs) as usize).div_ceil(CHUNK);
-                task.reads = (0..chunks).map(|_| None).collect();
+                task.reads.resize(chunks, None);
             }
             Action::Flush => task.work = Work::Flush,
             Action::Immediate(d) => task.work = Work::Data(d),
@@ -1110,9 +1122,7 @@ impl IscsiConn {
                 task.work = Work::None;
             } else {
                 task.want = len;
-                task.data = (0..(len as usize).div_ceil(CHUNK))
-                    .map(|_| Vec::new())
-                    .collect();
+                task.data.resize((len as usize).div_ceil(CHUNK), Vec::new());
             }
         }
         // The unsolicited region: immediate data, then (InitialR2T=No)
@@ -1140,6 +1150,7 @@ impl IscsiConn {
 
     /// Copy data-out at `offset` into the task's buffers.
     fn take_data(&mut self, slot: usize, offset: u32, data: &[u8]) {
+        let pool = self.pool.as_ref();
         let Some(t) = self.tasks[slot].as_mut() else {
             return;
         };
@@ -1155,12 +1166,17 @@ impl IscsiConn {
             let room = CHUNK.min(t.want as usize - c * CHUNK) - within;
             let n = room.min(src.len());
             if buf.capacity() == 0 {
-                buf.reserve_exact(CHUNK.min(t.want as usize - c * CHUNK));
+                *buf = buffer_pool::take(pool, CHUNK.min(t.want as usize - c * CHUNK));
             }
-            if buf.len() < within + n {
-                buf.resize(within + n, 0);
+            if buf.len() == within {
+                // In order (the usual case): append, no zeroing first.
+                buf.extend_from_slice(&src[..n]);
+            } else {
+                if buf.len() < within + n {
+                    buf.resize(within + n, 0);
+                }
+                buf[within..within + n].copy_from_slice(&src[..n]);
             }
-            buf[within..within + n].copy_from_slice(&src[..n]);
             off += n;
             src = &src[n..];
         }
@@ -1182,7 +1198,7 @@ impl IscsiConn {
         if want % bs != 0 {
             return;
         }
-        let mut ready = Vec::new();
+        let mut ready: SmallVec<[(usize, Vec<u8>); 4]> = SmallVec::new();
         for c in start / CHUNK..end.div_ceil(CHUNK).min(t.data.len()) {
             let size = CHUNK.min(want - c * CHUNK);
             if t.data[c].len() == size {
@@ -1517,7 +1533,7 @@ impl IscsiConn {
         }
     }
 
-    fn submit_writes(&mut self, slot: usize, lba: u64, fua: bool, chunks: Vec<Vec<u8>>) {
+    fn submit_writes(&mut self, slot: usize, lba: u64, fua: bool, chunks: Chunks) {
         let bs = u64::from(self.block_size);
         // Empty chunks went to the engine already (streamed as they filled).
         for (i, buf) in chunks
@@ -1594,7 +1610,7 @@ impl IscsiConn {
             let off = (i * CHUNK) as u64;
             let len = usize::try_from((send_total - off).min(CHUNK as u64)).unwrap_or(CHUNK);
             t.next_submit += 1;
-            let buf = vec![0u8; len];
+            let buf = buffer_pool::take_zeroed(self.pool.as_ref(), len);
             self.submit_chunk(
                 slot,
                 i,
@@ -1735,7 +1751,13 @@ impl IscsiConn {
                 }
                 self.maybe_finish(slot, out);
             }
-            _ => self.maybe_finish(slot, out),
+            _ => {
+                // A write's data buffer comes back: to the pool.
+                if let Some(b) = c.buf {
+                    buffer_pool::give_back(self.pool.as_ref(), b);
+                }
+                self.maybe_finish(slot, out);
+            }
         }
     }
 
@@ -2056,7 +2078,8 @@ impl IscsiConn {
     fn ref_cmd_sn_not_yet_received(&self, m: &TaskMgmtRequest) -> bool {
         let from_exp = m.ref_cmd_sn.wrapping_sub(self.exp_cmd_sn);
         let window = self.max_cmd_sn().wrapping_sub(self.exp_cmd_sn);
-        let before_tmf = (m.cmd_sn.wrapping_sub(m.ref_cmd_sn) as i32) > 0;
+        let d = m.cmd_sn.wrapping_sub(m.ref_cmd_sn);
+        let before_tmf = d != 0 && d < 1 << 31;
         from_exp <= window && before_tmf
     }
 
@@ -2277,6 +2300,9 @@ impl Protocol for IscsiConn {
     ) -> Result<usize, Close> {
         if input.len() < BHS_LEN {
             return Ok(0);
+        }
+        if self.pool.is_none() {
+            self.pool = Some(cx.buffer_pool().clone());
         }
         let (raw, pdu) = match keel_pdu::iscsi::parse(input) {
             Ok(x) => x,

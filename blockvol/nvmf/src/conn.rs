@@ -27,13 +27,20 @@ use keel_pdu::nvme::{
     fes, parse_header, Cqe, DataPdu, PduType, Sqe, Status, TcpPdu, CH_LEN, DATA_HLEN, FLAG_DDGST,
     FLAG_HDGST, FLAG_LAST_PDU, FLAG_SUCCESS, IC_LEN,
 };
-use keel_reactor::{Close, CloseReason, Context, Interest, OutQueue, Protocol, Registration};
+use keel_reactor::{
+    buffer_pool, BufferPool, Close, CloseReason, Context, Interest, OutQueue, Protocol,
+    Registration,
+};
+use smallvec::SmallVec;
 use zerocopy::IntoBytes;
 
 use crate::identify::{self, ana, ControllerInfo, ControllerType, DiscoveryEntry, NamespaceInfo};
 use crate::subsystem::{Controller, NvmfTarget, Subsystem, DISCOVERY_NQN};
 
 /// Engine I/O is split into buffers of at most this size.
+/// A PDU header under construction (inline: no allocation).
+type Header = SmallVec<[u8; 32]>;
+
 const CHUNK: usize = 256 << 10;
 /// MDTS: 2^8 pages of 4 KiB = 1 MiB.
 const MDTS: u8 = 8;
@@ -110,13 +117,13 @@ struct Task {
     /// Data-out expected / received.
     want: usize,
     got: usize,
-    data: Vec<Vec<u8>>,
+    data: SmallVec<[Vec<u8>; 4]>,
     /// R2T tag and whether one is outstanding.
     ttag: u16,
     r2t_open: bool,
     ops: u32,
     status: Status,
-    reads: Vec<Option<Vec<u8>>>,
+    reads: SmallVec<[Option<Vec<u8>>; 4]>,
     next_send: usize,
     next_submit: usize,
     sent: usize,
@@ -147,6 +154,8 @@ pub struct NvmeConn {
     // The registration must drop before the handle (field order).
     notify: Option<Registration>,
     handle: Option<Handle>,
+    /// The reactor's buffer pool (known from the first input on).
+    pool: Option<Arc<BufferPool>>,
     block_size: u32,
     tasks: Vec<Option<Task>>,
     free: Vec<usize>,
@@ -199,6 +208,7 @@ impl NvmeConn {
             ctrl: None,
             notify: None,
             handle: None,
+            pool: None,
             block_size: 512,
             tasks: Vec::new(),
             free: Vec::new(),
@@ -216,12 +226,12 @@ impl NvmeConn {
 
     // ---- output -------------------------------------------------------
 
-    fn header(&self, t: PduType, hlen: usize, data: usize, extra_flags: u8) -> Vec<u8> {
+    fn header(&self, t: PduType, hlen: usize, data: usize, extra_flags: u8) -> Header {
         let hd = if self.hd { 4 } else { 0 };
         let dd = if self.dd && data > 0 { 4 } else { 0 };
         let pdo = if data > 0 { hlen + hd } else { 0 };
         let plen = hlen + hd + data + dd;
-        let mut h = vec![0u8; hlen];
+        let mut h = Header::from_elem(0, hlen);
         h[0] = t.value();
         h[1] = extra_flags
             | if self.hd { FLAG_HDGST } else { 0 }
@@ -347,12 +357,12 @@ impl NvmeConn {
             work,
             want: 0,
             got: 0,
-            data: Vec::new(),
+            data: SmallVec::new(),
             ttag: 0,
             r2t_open: false,
             ops: 0,
             status: Status::SUCCESS,
-            reads: Vec::new(),
+            reads: SmallVec::new(),
             next_send: 0,
             next_submit: 0,
             sent: 0,
@@ -999,14 +1009,14 @@ impl NvmeConn {
                 if sqe.opcode == opc::READ {
                     let mut t = self.new_task(sqe, Work::Read { lba });
                     t.read_len = len;
-                    t.reads = (0..len.div_ceil(CHUNK)).map(|_| None).collect();
+                    t.reads.resize(len.div_ceil(CHUNK), None);
                     let slot = self.alloc(t);
                     self.submit_reads(slot);
                 } else {
                     let fua = sqe.fua();
                     let mut t = self.new_task(sqe, Work::Write { lba, fua });
                     t.want = len;
-                    t.data = (0..len.div_ceil(CHUNK)).map(|_| Vec::new()).collect();
+                    t.data.resize(len.div_ceil(CHUNK), Vec::new());
                     let slot = self.alloc(t);
                     if in_capsule {
                         if data.len() != len {
@@ -1060,7 +1070,7 @@ impl NvmeConn {
                     return;
                 }
                 t.want = sgl_len;
-                t.data = vec![Vec::new()];
+                t.data.push(Vec::new());
                 let slot = self.alloc(t);
                 if in_capsule {
                     self.take_data(slot, 0, data);
@@ -1097,6 +1107,7 @@ impl NvmeConn {
     }
 
     fn take_data(&mut self, slot: usize, offset: usize, data: &[u8]) {
+        let pool = self.pool.as_ref();
         let Some(t) = self.tasks[slot].as_mut() else {
             return;
         };
@@ -1115,13 +1126,18 @@ impl NvmeConn {
             };
             let buf = &mut t.data[c];
             if buf.capacity() == 0 {
-                buf.reserve_exact(cap);
+                *buf = buffer_pool::take(pool, cap);
             }
             let n = (cap - within).min(src.len());
-            if buf.len() < within + n {
-                buf.resize(within + n, 0);
+            if buf.len() == within {
+                // In order (the usual case): append, no zeroing first.
+                buf.extend_from_slice(&src[..n]);
+            } else {
+                if buf.len() < within + n {
+                    buf.resize(within + n, 0);
+                }
+                buf[within..within + n].copy_from_slice(&src[..n]);
             }
-            buf[within..within + n].copy_from_slice(&src[..n]);
             off += n;
             src = &src[n..];
         }
@@ -1259,7 +1275,7 @@ impl NvmeConn {
                 i,
                 Op::Read {
                     lba: lba + off as u64 / bs,
-                    buf: vec![0u8; len],
+                    buf: buffer_pool::take_zeroed(self.pool.as_ref(), len),
                 },
             );
         }
@@ -1283,13 +1299,16 @@ impl NvmeConn {
                     t.status = engine_status(e.kind(), write);
                 }
             }
-            Ok(()) => {
-                if let (Work::Read { .. }, Some(buf)) = (&t.work, c.buf) {
+            Ok(()) => match (&t.work, c.buf) {
+                (Work::Read { .. }, Some(buf)) => {
                     if let Some(r) = t.reads.get_mut(chunk) {
                         *r = Some(buf);
                     }
                 }
-            }
+                // A write's data buffer comes back: to the pool.
+                (_, Some(buf)) => buffer_pool::give_back(self.pool.as_ref(), buf),
+                (_, None) => {}
+            },
         }
         if matches!(t.work, Work::Read { .. }) {
             self.pump_read(slot, out);
@@ -1389,6 +1408,9 @@ impl Protocol for NvmeConn {
     ) -> Result<usize, Close> {
         if input.len() < CH_LEN {
             return Ok(0);
+        }
+        if self.pool.is_none() {
+            self.pool = Some(cx.buffer_pool().clone());
         }
         let plen = u32::from_le_bytes([input[4], input[5], input[6], input[7]]) as usize;
         let portal = self.target.portal();

@@ -315,6 +315,29 @@ impl PoolAccount {
     }
 }
 
+/// An empty buffer with room for `cap` bytes from `pool`, or a plain
+/// allocation when there is no pool or it is exhausted (such a buffer is
+/// simply dropped when given back). For per-I/O data buffers: no allocation
+/// in steady state.
+pub fn take(pool: Option<&Arc<BufferPool>>, cap: usize) -> Vec<u8> {
+    pool.and_then(|p| p.get(cap).ok())
+        .unwrap_or_else(|| Vec::with_capacity(cap))
+}
+
+/// [`take`], filled with `len` zero bytes (a read's destination).
+pub fn take_zeroed(pool: Option<&Arc<BufferPool>>, len: usize) -> Vec<u8> {
+    let mut v = take(pool, len);
+    v.resize(len, 0);
+    v
+}
+
+/// Give a data buffer back to `pool` (dropped without one).
+pub fn give_back(pool: Option<&Arc<BufferPool>>, v: Vec<u8>) {
+    if let Some(p) = pool {
+        p.put(v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,7 +48,11 @@ pub(crate) struct UringExec {
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     sqes_in_flight: usize,
-    spare: Vec<Vec<i32>>,
+    /// Per-operation vectors of finished operations, reused (no allocation
+    /// per I/O in steady state).
+    spare: Vec<(Vec<i32>, Box<[libc::iovec; 4]>)>,
+    /// Member and iovec lists of finished groups, reused.
+    group_spare: Vec<(Vec<usize>, Vec<libc::iovec>)>,
     sqes: Vec<squeue::Entry>,
     unsubmitted: bool,
     /// Slots of WAL writes waiting to be coalesced, in submission order.
@@ -98,6 +102,7 @@ impl UringExec {
             free: Vec::new(),
             sqes_in_flight: 0,
             spare: Vec::new(),
+            group_spare: Vec::new(),
             sqes: Vec::new(),
             unsubmitted: false,
             pending: Vec::new(),
@@ -192,7 +197,10 @@ impl UringExec {
 
     /// Records back to back: one writev of every header and data.
     fn push_group(&mut self, members: &[usize], fd: RawFd, off: u64, len: u64) {
-        let mut iov = Vec::with_capacity(members.len() * 2);
+        let (mut group_members, mut iov) = self.group_spare.pop().unwrap_or_default();
+        group_members.clear();
+        group_members.extend_from_slice(members);
+        iov.clear();
         for &m in members {
             let Some(fl) = self.slots[m].as_ref() else {
                 continue;
@@ -217,7 +225,7 @@ impl UringExec {
             self.groups.len() - 1
         });
         let g = Group {
-            members: members.to_vec(),
+            members: group_members,
             iov,
             expect: i32::try_from(len).unwrap_or(i32::MAX),
         };
@@ -271,7 +279,7 @@ impl UringExec {
         if fl.remaining == 0 {
             if let Some(fl) = self.slots[slot].take() {
                 self.free.push(slot);
-                self.spare.push(fl.expect);
+                self.spare.push((fl.expect, fl.iov));
                 out.push(IoDone {
                     token: fl.token,
                     result: fl.err.map_or(Ok(()), Err),
@@ -298,7 +306,17 @@ impl UringExec {
         if n >= 1 << IDX_BITS {
             return Err((op, io::Error::from(io::ErrorKind::InvalidInput)));
         }
-        let mut expect = self.spare.pop().unwrap_or_default();
+        let (mut expect, iov) = self.spare.pop().unwrap_or_else(|| {
+            (
+                Vec::new(),
+                Box::new(
+                    [libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    }; 4],
+                ),
+            )
+        });
         expect.clear();
         expect.resize(n, 0);
         let slot = self.free.pop().unwrap_or_else(|| {
@@ -308,12 +326,7 @@ impl UringExec {
         let mut fl = InFlight {
             token,
             op,
-            iov: Box::new(
-                [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; 4],
-            ),
+            iov,
             expect,
             remaining: 0,
             err: None,
@@ -445,6 +458,7 @@ impl UringExec {
                     self.sqes_in_flight -= 1;
                     self.complete_sqe(m, res, Some(g.expect), out);
                 }
+                self.group_spare.push((g.members, g.iov));
                 continue;
             }
             let Ok(slot) = usize::try_from(ud >> IDX_BITS) else {
