@@ -412,7 +412,8 @@ fn abort_task_answers_as_rfc_7143_says() {
     );
     // A tag that never existed, RefCmdSN long past.
     assert_eq!(
-        c.task_mgmt(1, 0x7777, sn.wrapping_sub(5), &mut before).unwrap(),
+        c.task_mgmt(1, 0x7777, sn.wrapping_sub(5), &mut before)
+            .unwrap(),
         1,
         "ABORT TASK of an unknown tag"
     );
