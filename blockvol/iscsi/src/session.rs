@@ -1168,15 +1168,7 @@ impl IscsiConn {
             if buf.capacity() == 0 {
                 *buf = buffer_pool::take(pool, CHUNK.min(t.want as usize - c * CHUNK));
             }
-            if buf.len() == within {
-                // In order (the usual case): append, no zeroing first.
-                buf.extend_from_slice(&src[..n]);
-            } else {
-                if buf.len() < within + n {
-                    buf.resize(within + n, 0);
-                }
-                buf[within..within + n].copy_from_slice(&src[..n]);
-            }
+            buffer_pool::place(buf, within, &src[..n]);
             off += n;
             src = &src[n..];
         }

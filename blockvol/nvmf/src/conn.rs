@@ -1129,15 +1129,7 @@ impl NvmeConn {
                 *buf = buffer_pool::take(pool, cap);
             }
             let n = (cap - within).min(src.len());
-            if buf.len() == within {
-                // In order (the usual case): append, no zeroing first.
-                buf.extend_from_slice(&src[..n]);
-            } else {
-                if buf.len() < within + n {
-                    buf.resize(within + n, 0);
-                }
-                buf[within..within + n].copy_from_slice(&src[..n]);
-            }
+            buffer_pool::place(buf, within, &src[..n]);
             off += n;
             src = &src[n..];
         }

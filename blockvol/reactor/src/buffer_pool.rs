@@ -338,9 +338,35 @@ pub fn give_back(pool: Option<&Arc<BufferPool>>, v: Vec<u8>) {
     }
 }
 
+/// Put `src` at byte `at` of `buf` (data arriving for a buffer): appended
+/// when it comes in order, the usual case, so nothing is zeroed first; a gap
+/// is zero-filled, a retransmission overwrites.
+pub fn place(buf: &mut Vec<u8>, at: usize, src: &[u8]) {
+    if buf.len() == at {
+        buf.extend_from_slice(src);
+    } else {
+        if buf.len() < at + src.len() {
+            buf.resize(at + src.len(), 0);
+        }
+        buf[at..at + src.len()].copy_from_slice(src);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn place_appends_fills_gaps_and_overwrites() {
+        let mut b = Vec::new();
+        place(&mut b, 0, b"abc");
+        place(&mut b, 3, b"de");
+        assert_eq!(b, b"abcde");
+        place(&mut b, 7, b"x");
+        assert_eq!(b, b"abcde\0\0x");
+        place(&mut b, 1, b"ZZ");
+        assert_eq!(b, b"aZZde\0\0x");
+    }
 
     fn pool(max: usize) -> Arc<BufferPool> {
         Arc::new(BufferPool::new(&BufferPoolConfig { max_bytes: max }))
