@@ -125,20 +125,33 @@ const MAX_IOV: usize = 64;
 /// Capacity of a coalescing buffer.
 const INLINE_CAP: usize = 16 << 10;
 
-struct Chunk {
-    data: Vec<u8>,
-    /// A coalescing buffer (recycled here) rather than a pool buffer.
-    inline: bool,
+/// Spare coalescing buffers kept for reuse when the socket sends from
+/// borrowed slices (they come back at once).
+const SPARE_BORROWED: usize = 4;
+/// The same when the socket holds the buffers until a send completes: one
+/// in-flight send has up to a coalescing buffer per response in it.
+const SPARE_OWNED: usize = 32;
+
+/// A buffer of the output queue: a coalescing buffer or a data (pool)
+/// buffer. Backends that send from owned memory take these by value
+/// ([`SocketIo::send_owned`]).
+#[derive(Debug)]
+pub struct OutChunk {
+    pub(crate) data: Vec<u8>,
+    /// A coalescing buffer (recycled by the queue) rather than a pool
+    /// buffer.
+    pub(crate) inline: bool,
 }
 
 /// Bytes waiting to be sent, in order.
 pub struct OutQueue {
-    chunks: VecDeque<Chunk>,
+    chunks: VecDeque<OutChunk>,
     /// Bytes of the front chunk already sent.
     head: usize,
     bytes: usize,
     small_write: usize,
     spare: Vec<Vec<u8>>,
+    spare_cap: usize,
     account: Option<PoolAccount>,
 }
 
@@ -152,13 +165,18 @@ impl std::fmt::Debug for OutQueue {
 }
 
 impl OutQueue {
-    fn new(small_write: usize, account: Option<PoolAccount>) -> OutQueue {
+    fn new(small_write: usize, account: Option<PoolAccount>, owned_sends: bool) -> OutQueue {
         OutQueue {
             chunks: VecDeque::with_capacity(MAX_IOV),
             head: 0,
             bytes: 0,
             small_write,
             spare: Vec::new(),
+            spare_cap: if owned_sends {
+                SPARE_OWNED
+            } else {
+                SPARE_BORROWED
+            },
             account,
         }
     }
@@ -182,7 +200,7 @@ impl OutQueue {
         if data.len() > self.small_write {
             let mut v = Vec::with_capacity(data.len());
             v.extend_from_slice(data);
-            self.chunks.push_back(Chunk {
+            self.chunks.push_back(OutChunk {
                 data: v,
                 inline: false,
             });
@@ -199,7 +217,7 @@ impl OutQueue {
                 .spare
                 .pop()
                 .unwrap_or_else(|| Vec::with_capacity(INLINE_CAP));
-            self.chunks.push_back(Chunk {
+            self.chunks.push_back(OutChunk {
                 data: v,
                 inline: true,
             });
@@ -214,25 +232,29 @@ impl OutQueue {
     /// pool (through the connection's account, if any) once sent.
     pub fn push_buf(&mut self, buf: Vec<u8>) {
         if buf.is_empty() {
-            self.recycle(Chunk {
+            self.recycle(OutChunk {
                 data: buf,
                 inline: false,
             });
             return;
         }
         self.bytes += buf.len();
-        self.chunks.push_back(Chunk {
+        self.chunks.push_back(OutChunk {
             data: buf,
             inline: false,
         });
     }
 
-    fn recycle(&mut self, mut c: Chunk) {
+    fn recycle_inline(&mut self, mut v: Vec<u8>) {
+        v.clear();
+        if self.spare.len() < self.spare_cap {
+            self.spare.push(v);
+        }
+    }
+
+    fn recycle(&mut self, c: OutChunk) {
         if c.inline {
-            c.data.clear();
-            if self.spare.len() < 4 {
-                self.spare.push(c.data);
-            }
+            self.recycle_inline(c.data);
         } else if let Some(a) = &self.account {
             a.put(c.data);
         }
@@ -241,6 +263,9 @@ impl OutQueue {
 
     /// Send as much as the socket takes. `Ok(true)` if anything was sent.
     fn flush<S: SocketIo>(&mut self, sock: &mut S, cx: &mut Context) -> io::Result<bool> {
+        if S::OWNED_SENDS {
+            return self.flush_owned(sock);
+        }
         let mut sent_any = false;
         while self.bytes > 0 && sock.may_send() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -276,6 +301,28 @@ impl OutQueue {
                         self.recycle(c);
                     }
                 }
+            }
+        }
+        Ok(sent_any)
+    }
+
+    /// [`Self::flush`] for a socket that takes the buffers: they leave the
+    /// queue when handed over (pool buffers go back to the pool from the
+    /// socket; coalescing buffers come back here for reuse).
+    fn flush_owned<S: SocketIo>(&mut self, sock: &mut S) -> io::Result<bool> {
+        sock.reclaim(|v| self.recycle_inline(v));
+        let mut sent_any = false;
+        while self.bytes > 0 && sock.may_send() {
+            match sock.send_owned(&mut self.chunks, self.head, self.account.as_ref()) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.bytes -= n;
+                    self.head = 0;
+                    sent_any = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(sent_any)
@@ -363,7 +410,7 @@ impl<P: Protocol, S: SocketIo> Connection<P, S> {
         account: Option<PoolAccount>,
     ) -> Self {
         let input = Vec::with_capacity(cfg.input_buffer.max(512));
-        let out = OutQueue::new(cfg.small_write, account);
+        let out = OutQueue::new(cfg.small_write, account, S::OWNED_SENDS);
         Connection {
             sock,
             proto,

@@ -34,22 +34,32 @@
 //! receive) and zero-copy sends of the output queue's buffers are the next
 //! steps.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use crate::buffer_pool::{BufferPool, PoolAccount};
+use crate::connection::OutChunk;
 use crate::reactor::Context;
 use crate::socket::SocketIo;
 
 /// Receive buffer per socket.
 const RECV_BUF: usize = 128 << 10;
-/// Send buffer per socket.
-const SEND_BUF: usize = 256 << 10;
+/// Buffers in one `SENDMSG` at most.
+const SEND_IOV: usize = 64;
+/// Bytes one `SENDMSG` takes at most (it takes whole buffers: the last
+/// may go past this). Bounds what leaves the output queue's backpressure
+/// accounting at once.
+const SEND_BATCH: usize = 1 << 20;
+/// Sent coalescing buffers kept for the connection to reuse.
+const SENT_KEEP: usize = 32;
 /// User data of the multishot poll on the reactor's epoll fd.
 const EPOLL_TOKEN: u64 = u64::MAX;
 /// Submission queue entries per reactor ring.
@@ -91,16 +101,99 @@ enum RecvState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SendState {
     Idle,
-    InFlight { off: usize, len: usize },
+    /// A `SENDMSG` is in flight; `left` bytes of the owned send remain.
+    InFlight {
+        left: usize,
+    },
     Failed(i32),
+}
+
+/// The send in flight: the buffers the kernel reads, the iovecs over them
+/// and the `msghdr` over the iovecs. Lives inside the socket's `Rc`, so its
+/// address is stable; touched by us only when no `SENDMSG` is in flight.
+struct OwnedSend {
+    chunks: Vec<OutChunk>,
+    iov: Vec<libc::iovec>,
+    /// First iovec not completely sent.
+    first: usize,
+    msg: libc::msghdr,
+    /// The chunks are a private copy ([`SocketIo::send`]): dropped when
+    /// sent.
+    copied: bool,
+    /// Where the connection's pool buffers go back (`None`: the pool).
+    account: Option<PoolAccount>,
+}
+
+impl OwnedSend {
+    fn new() -> OwnedSend {
+        OwnedSend {
+            chunks: Vec::with_capacity(SEND_IOV),
+            iov: Vec::with_capacity(SEND_IOV),
+            first: 0,
+            // SAFETY: `msghdr` is a C struct of integers and raw pointers,
+            // for which all zeroes is a valid (empty) value.
+            msg: unsafe { std::mem::zeroed() },
+            copied: false,
+            account: None,
+        }
+    }
+
+    /// Add `c` (from byte `skip` on) to the send; returns the bytes added.
+    fn add(&mut self, c: OutChunk, skip: usize) -> usize {
+        self.chunks.push(c);
+        let Some(c) = self.chunks.last() else {
+            return 0;
+        };
+        let Some(rest) = c.data.get(skip..) else {
+            return 0;
+        };
+        if !rest.is_empty() {
+            self.iov.push(libc::iovec {
+                iov_base: rest.as_ptr().cast_mut().cast(),
+                iov_len: rest.len(),
+            });
+        }
+        rest.len()
+    }
+
+    /// Point the `msghdr` at the iovecs not yet sent; returns its address.
+    fn prepare(&mut self) -> *const libc::msghdr {
+        let first = self.first.min(self.iov.len());
+        let rest = &mut self.iov[first..];
+        self.msg.msg_iov = rest.as_mut_ptr();
+        self.msg.msg_iovlen = rest.len() as _;
+        &self.msg
+    }
+
+    /// `n` more bytes were sent (a short send): skip them.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(v) = self.iov.get_mut(self.first) else {
+                return;
+            };
+            if n < v.iov_len {
+                // SAFETY: `n < iov_len`, so the new base stays inside the
+                // buffer this iovec covers.
+                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+                v.iov_len -= n;
+                return;
+            }
+            n -= v.iov_len;
+            self.first += 1;
+        }
+    }
 }
 
 struct SockState {
     stream: TcpStream,
     rbuf: RawBuf,
-    sbuf: RawBuf,
     recv: Cell<RecvState>,
     send: Cell<SendState>,
+    out: RefCell<OwnedSend>,
+    /// Coalescing buffers sent, for the connection to reuse.
+    sent: RefCell<Vec<Vec<u8>>>,
+    /// The reactor's buffer pool: sent data buffers go back to it.
+    pool: Arc<BufferPool>,
     /// Shut down once the send in flight completes.
     shutdown_pending: Cell<bool>,
     shut: Cell<bool>,
@@ -109,6 +202,33 @@ struct SockState {
 impl SockState {
     fn fd(&self) -> RawFd {
         self.stream.as_raw_fd()
+    }
+
+    /// The send is over (sent, failed or abandoned) and no `SENDMSG` is in
+    /// flight: give its buffers back.
+    fn finish_send(&self) {
+        let mut o = self.out.borrow_mut();
+        let o = &mut *o;
+        o.iov.clear();
+        o.first = 0;
+        o.msg.msg_iov = std::ptr::null_mut();
+        o.msg.msg_iovlen = 0;
+        let copied = std::mem::replace(&mut o.copied, false);
+        let mut sent = self.sent.borrow_mut();
+        for c in o.chunks.drain(..) {
+            if copied {
+                continue;
+            }
+            if c.inline {
+                if sent.len() < SENT_KEEP {
+                    sent.push(c.data);
+                }
+            } else if let Some(a) = &o.account {
+                a.put(c.data);
+            } else {
+                self.pool.put(c.data);
+            }
+        }
     }
 
     fn shutdown_now(&self) {
@@ -129,6 +249,8 @@ enum Kind {
 pub(crate) struct RingCounters {
     pub enters: u64,
     pub completions: u64,
+    /// Sends the kernel completed short (the rest was submitted again).
+    pub short_sends: u64,
 }
 
 /// One reactor's ring for socket I/O.
@@ -192,9 +314,13 @@ impl SockRing {
     fn push(&mut self, e: &squeue::Entry) {
         loop {
             // SAFETY: every pointer in the entries pushed here points into a
-            // `RawBuf` of a `SockState` that the slot table holds (an `Rc`)
-            // until the entry's CQE is reaped, or into nothing (the epoll
-            // poll); see `Drop` for a ring dropped with entries in flight.
+            // `SockState` that the slot table holds (an `Rc`) until the
+            // entry's CQE is reaped: its `RawBuf` (a receive), or its
+            // `OwnedSend` (a send: the `msghdr`, the iovecs it points to and
+            // the heap buffers of the `Vec`s those point into, none of which
+            // is moved, resized or freed until the CQE), or into nothing
+            // (the epoll poll); see `Drop` for a ring dropped with entries in
+            // flight.
             if unsafe { self.ring.submission().push(e) }.is_ok() {
                 self.queued += 1;
                 return;
@@ -241,15 +367,13 @@ impl SockRing {
         self.push(&e);
     }
 
-    fn post_send(&mut self, st: &Rc<SockState>, off: usize, len: usize) {
-        st.send.set(SendState::InFlight { off, len });
+    /// Submit the socket's owned send (`left` bytes remain).
+    fn post_send(&mut self, st: &Rc<SockState>, left: usize) {
+        st.send.set(SendState::InFlight { left });
         let ud = self.slot(st, Kind::Send);
-        // SAFETY: `off < len <= sbuf.len`, so the pointer stays inside the
-        // send buffer.
-        let ptr = unsafe { st.sbuf.ptr.add(off) };
-        let n = u32::try_from(len - off).unwrap_or(u32::MAX);
-        let e = opcode::Send::new(types::Fd(st.fd()), ptr, n)
-            .flags(libc::MSG_NOSIGNAL)
+        let msg = st.out.borrow_mut().prepare();
+        let e = opcode::SendMsg::new(types::Fd(st.fd()), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
             .build()
             .user_data(ud);
         self.push(&e);
@@ -306,19 +430,24 @@ impl SockRing {
                     }
                 }
                 Kind::Send => {
-                    let SendState::InFlight { off, len } = st.send.get() else {
+                    let SendState::InFlight { left } = st.send.get() else {
                         continue;
                     };
                     if res >= 0 {
-                        let off = off + usize::try_from(res).unwrap_or(0);
-                        if off < len && !st.shut.get() {
-                            self.post_send(&st, off, len);
+                        let n = usize::try_from(res).unwrap_or(0).min(left);
+                        if n < left && !st.shut.get() {
+                            // Short send: the rest from where it stopped.
+                            st.out.borrow_mut().advance(n);
+                            self.counters.short_sends += 1;
+                            self.post_send(&st, left - n);
                         } else {
+                            st.finish_send();
                             st.send.set(SendState::Idle);
                         }
                     } else if would_retry(res) && !st.shut.get() {
-                        self.post_send(&st, off, len);
+                        self.post_send(&st, left);
                     } else {
+                        st.finish_send();
                         st.send.set(SendState::Failed(-res));
                     }
                     if !matches!(st.send.get(), SendState::InFlight { .. })
@@ -429,7 +558,7 @@ impl Drop for SockRing {
 /// A TCP stream whose I/O goes through its reactor's io_uring.
 pub struct UringSocket {
     st: Rc<SockState>,
-    ring: Rc<std::cell::RefCell<SockRing>>,
+    ring: Rc<RefCell<SockRing>>,
 }
 
 impl std::fmt::Debug for UringSocket {
@@ -453,22 +582,83 @@ impl UringSocket {
                 "this reactor does not run io_uring socket I/O",
             ));
         };
+        Ok(UringSocket::with_ring(
+            stream,
+            ring,
+            Arc::clone(cx.buffer_pool()),
+        ))
+    }
+
+    fn with_ring(
+        stream: TcpStream,
+        ring: Rc<RefCell<SockRing>>,
+        pool: Arc<BufferPool>,
+    ) -> UringSocket {
         let st = Rc::new(SockState {
             stream,
             rbuf: RawBuf::new(RECV_BUF),
-            sbuf: RawBuf::new(SEND_BUF),
             recv: Cell::new(RecvState::InFlight),
             send: Cell::new(SendState::Idle),
+            out: RefCell::new(OwnedSend::new()),
+            sent: RefCell::new(Vec::new()),
+            pool,
             shutdown_pending: Cell::new(false),
             shut: Cell::new(false),
         });
         ring.borrow_mut().post_recv(&st);
-        Ok(UringSocket { st, ring })
+        UringSocket { st, ring }
     }
 
     /// The stream.
     pub fn stream(&self) -> &TcpStream {
         &self.st.stream
+    }
+
+    /// Whether a send may start now.
+    fn check_send(&self) -> io::Result<()> {
+        match self.st.send.get() {
+            SendState::InFlight { .. } => Err(io::ErrorKind::WouldBlock.into()),
+            SendState::Failed(e) => Err(errno(e)),
+            SendState::Idle if self.st.shut.get() || self.st.shutdown_pending.get() => {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            SendState::Idle => Ok(()),
+        }
+    }
+
+    /// Move buffers from the front of `chunks` into the socket's owned send
+    /// and submit one `SENDMSG` over them (`copied`: they are a private
+    /// copy, dropped when sent). The send state is `Idle`.
+    fn start_send(
+        &mut self,
+        chunks: &mut VecDeque<OutChunk>,
+        head: usize,
+        account: Option<&PoolAccount>,
+        copied: bool,
+    ) -> io::Result<usize> {
+        let total = {
+            let mut o = self.st.out.borrow_mut();
+            o.copied = copied;
+            if o.account.is_none() {
+                o.account = account.cloned();
+            }
+            let mut total = 0;
+            let mut skip = head;
+            while o.chunks.len() < SEND_IOV && total < SEND_BATCH {
+                let Some(c) = chunks.pop_front() else {
+                    break;
+                };
+                total += o.add(c, skip);
+                skip = 0;
+            }
+            total
+        };
+        if total > 0 {
+            self.ring.borrow_mut().post_send(&self.st, total);
+        } else {
+            self.st.finish_send();
+        }
+        Ok(total)
     }
 }
 
@@ -518,31 +708,38 @@ impl SocketIo for UringSocket {
     }
 
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self.st.send.get() {
-            SendState::InFlight { .. } => Err(io::ErrorKind::WouldBlock.into()),
-            SendState::Failed(e) => Err(errno(e)),
-            SendState::Idle => {
-                if self.st.shut.get() || self.st.shutdown_pending.get() {
-                    return Err(io::ErrorKind::BrokenPipe.into());
-                }
-                let mut len = 0usize;
-                for b in bufs {
-                    let n = b.len().min(self.st.sbuf.len - len);
-                    // SAFETY: no send is in flight (state Idle), so the
-                    // kernel does not read `sbuf`; `len + n <= sbuf.len`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(b.as_ptr(), self.st.sbuf.ptr.add(len), n);
-                    }
-                    len += n;
-                    if len == self.st.sbuf.len {
-                        break;
-                    }
-                }
-                if len > 0 {
-                    self.ring.borrow_mut().post_send(&self.st, 0, len);
-                }
-                Ok(len)
-            }
+        // A private copy of the gather list, sent as an owned send (the
+        // connection uses `send_owned`; this serves other callers).
+        self.check_send()?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut v = Vec::with_capacity(total.min(SEND_BATCH));
+        for b in bufs {
+            let n = b.len().min(SEND_BATCH - v.len());
+            v.extend_from_slice(&b[..n]);
+        }
+        let mut q = VecDeque::from([OutChunk {
+            data: v,
+            inline: true,
+        }]);
+        self.start_send(&mut q, 0, None, true)
+    }
+
+    const OWNED_SENDS: bool = true;
+
+    fn send_owned(
+        &mut self,
+        chunks: &mut VecDeque<OutChunk>,
+        head: usize,
+        account: Option<&PoolAccount>,
+    ) -> io::Result<usize> {
+        self.check_send()?;
+        self.start_send(chunks, head, account, false)
+    }
+
+    fn reclaim(&mut self, mut f: impl FnMut(Vec<u8>)) {
+        let mut sent = self.st.sent.borrow_mut();
+        for v in sent.drain(..) {
+            f(v);
         }
     }
 
@@ -560,5 +757,173 @@ impl Drop for UringSocket {
         // The receive in flight ends when the socket is shut down; a send in
         // flight finishes first. The fd closes with the last reference.
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd as _;
+    use std::thread;
+
+    use socket2::SockRef;
+
+    use super::*;
+    use crate::buffer_pool::BufferPoolConfig;
+
+    struct Rig {
+        ring: Rc<RefCell<SockRing>>,
+        pool: Arc<BufferPool>,
+        // The ring's multishot poll watches it: it outlives the ring.
+        _epfd: std::os::fd::OwnedFd,
+    }
+
+    fn rig() -> Rig {
+        let epfd = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)
+            .expect("epoll");
+        let ring = SockRing::new(epfd.as_raw_fd()).expect("io_uring");
+        Rig {
+            ring: Rc::new(RefCell::new(ring)),
+            pool: Arc::new(BufferPool::new(&BufferPoolConfig::default())),
+            _epfd: epfd,
+        }
+    }
+
+    /// A connected loopback pair: (server side, non-blocking; client side).
+    fn pair(send_buffer: Option<usize>) -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        if let Some(n) = send_buffer {
+            SockRef::from(&s)
+                .set_send_buffer_size(n)
+                .expect("SO_SNDBUF");
+            SockRef::from(&c)
+                .set_recv_buffer_size(n)
+                .expect("SO_RCVBUF");
+        }
+        s.set_nonblocking(true).expect("nonblocking");
+        (s, c)
+    }
+
+    fn pattern(seed: usize, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i * 131 + seed * 17).to_le_bytes()[0])
+            .collect()
+    }
+
+    /// Reap and submit until `done` holds (bounded).
+    fn drive(ring: &Rc<RefCell<SockRing>>, mut done: impl FnMut() -> bool) {
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < until, "timed out");
+            let mut r = ring.borrow_mut();
+            r.reap();
+            r.flush();
+            r.wait(Some(Duration::from_millis(5)));
+            r.reap();
+        }
+    }
+
+    #[test]
+    fn owned_send_of_many_buffers_survives_short_sends_in_order() {
+        let rig = rig();
+        // Small socket buffers and a slow reader: the kernel takes the send
+        // in pieces, so the rest is submitted again (short sends).
+        let (s, mut c) = pair(Some(16 << 10));
+        let mut sock = UringSocket::with_ring(s, Rc::clone(&rig.ring), Arc::clone(&rig.pool));
+
+        // 40 buffers: pool data buffers of several sizes between small
+        // coalescing buffers, like responses with data and status.
+        let mut chunks = VecDeque::new();
+        let mut expect = Vec::new();
+        for i in 0..40 {
+            let hdr = pattern(i, 48 + i);
+            expect.extend_from_slice(&hdr);
+            chunks.push_back(OutChunk {
+                data: hdr,
+                inline: true,
+            });
+            let n = [4096, 65_000, 1, 20_000][i % 4];
+            let mut data = rig.pool.get(n).expect("pool");
+            data.extend_from_slice(&pattern(1000 + i, n));
+            expect.extend_from_slice(&data);
+            chunks.push_back(OutChunk {
+                data,
+                inline: false,
+            });
+        }
+        // Sent from byte 5 of the first buffer on (a partly sent head).
+        let expect = expect.split_off(5);
+        let total = expect.len();
+        assert!(rig.pool.stats().in_use_bytes > 0);
+
+        let reader = thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 3000];
+            while got.len() < total {
+                let n = c.read(&mut buf).expect("read");
+                assert!(n > 0, "EOF after {} of {total} bytes", got.len());
+                got.extend_from_slice(&buf[..n]);
+                if got.len() < 200_000 {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+            got
+        });
+
+        assert!(sock.may_send());
+        let n = sock.send_owned(&mut chunks, 5, None).expect("send");
+        assert_eq!(chunks.len(), 80 - SEND_IOV, "one SENDMSG takes 64 buffers");
+        assert!(!sock.may_send());
+        assert_eq!(
+            sock.send_owned(&mut chunks, 0, None).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+        drive(&rig.ring, || sock.may_send());
+        let m = sock.send_owned(&mut chunks, 0, None).expect("send");
+        assert!(chunks.is_empty());
+        assert_eq!(n + m, total);
+        drive(&rig.ring, || sock.may_send());
+        let got = reader.join().expect("reader");
+        assert!(got == expect, "bytes arrive intact and in order");
+        assert!(
+            rig.ring.borrow().counters.short_sends > 0,
+            "the kernel took the send in pieces"
+        );
+        // Data buffers went back to the pool, coalescing buffers come back
+        // for reuse.
+        assert_eq!(rig.pool.stats().in_use_bytes, 0);
+        let mut back = 0;
+        sock.reclaim(|_| back += 1);
+        assert_eq!(back, SENT_KEEP.min(40), "sent coalescing buffers kept");
+        drop(sock);
+    }
+
+    #[test]
+    fn borrowed_send_is_copied_and_shutdown_waits_for_it() {
+        let rig = rig();
+        let (s, mut c) = pair(None);
+        let mut sock = UringSocket::with_ring(s, Rc::clone(&rig.ring), Arc::clone(&rig.pool));
+        let a = pattern(1, 100_000);
+        let b = pattern(2, 3);
+        let n = sock
+            .send(&[IoSlice::new(&a), IoSlice::new(&b)])
+            .expect("send");
+        assert_eq!(n, a.len() + b.len());
+        // Shut down (and dropped) with the send in flight: it still leaves,
+        // then the peer sees EOF.
+        drop(sock);
+        let ring = Rc::clone(&rig.ring);
+        let reader = thread::spawn(move || {
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).expect("read");
+            got
+        });
+        drive(&ring, || ring.borrow().in_flight == 0);
+        let got = reader.join().expect("reader");
+        assert_eq!(got.len(), a.len() + b.len());
+        assert!(got[..a.len()] == a[..] && got[a.len()..] == b[..]);
     }
 }
