@@ -1,5 +1,5 @@
 //! The io_uring socket backend: each reactor owns one ring; a socket keeps
-//! one `recv` and at most one `send` in flight on it, and the reactor's loop
+//! one receive and at most one send in flight on it, and the reactor's loop
 //! reaps completions by reading the completion queue (no system call) and
 //! hands everything queued during an iteration to the kernel in one
 //! `io_uring_enter`.
@@ -10,29 +10,46 @@
 //! call while idle, and a sleeping one sleeps in `io_uring_enter`.
 //!
 //! ```text
-//!  recv: [kernel fills rbuf] --CQE--> Ready{start,end} --SocketIo::recv--> copied out
-//!        re-armed when the caller has taken every byte
-//!  send: SocketIo::send copies the gather list into sbuf (up to 256 KiB),
-//!        one SEND in flight; a short send re-sends the rest; may_send() is
-//!        false until it is all gone
+//!  recv: one multishot RECV per socket, armed once, into the reactor's
+//!        provided-buffer ring (256 x 32 KiB):
+//!        [kernel fills buffer b] --CQE(b)--> held by the socket
+//!        --SocketIo::recv--> copied into the connection's input, b back
+//!        to the ring at once
+//!  send: SocketIo::send_owned moves the output queue's buffers (up to 64,
+//!        1 MiB) into the socket: one SENDMSG with an iovec over them; a
+//!        short send re-sends the rest; at the CQE data buffers go back to
+//!        the pool, coalescing buffers back to the queue; may_send() is
+//!        false until then
 //! ```
 //!
-//! Each socket's buffers and its `TcpStream` live in an `Rc` that the ring's
-//! slot table also holds while an operation is in flight, so neither the
-//! memory the kernel writes into nor the fd goes away early; a socket that
-//! is dropped or shut down with a send in flight shuts down after that send
-//! completes (the last response still leaves). This is the reactor's one
-//! `unsafe` module: pushing an SQE hands the kernel raw pointers.
+//! Each socket's state (the `TcpStream`, the send's buffers, iovecs and
+//! `msghdr`) lives in an `Rc` that the ring's slot table also holds while an
+//! operation is in flight, so neither the memory the kernel reads or writes
+//! nor the fd goes away early; a socket that is dropped or shut down with a
+//! send in flight shuts down after that send completes (the last response
+//! still leaves). A ring dropped with operations still in flight after a
+//! bounded wait leaks their sockets and the provided buffers rather than
+//! free memory the kernel may still use. This is the reactor's one `unsafe`
+//! module: pushing an SQE hands the kernel raw pointers.
 //!
-//! Cost against epoll: one copy on each side (the [`SocketIo`] interface
-//! lends buffers only for the call), and the kernel's internal poll arming
-//! and task work for a `recv` that finds no data; in exchange, fewer system
-//! calls: no `epoll_wait` runs while spinning, and everything an iteration
-//! queued goes in one enter. Measured on loopback (docs/benchmarks.md):
-//! equal to epoll at QD32, about 10 % behind at QD1, so epoll stays the
-//! default. Multishot receive into a provided-buffer ring (no re-arm per
-//! receive) and zero-copy sends of the output queue's buffers are the next
-//! steps.
+//! Receive: a multishot receive stays armed across receives (no re-arm and
+//! no internal poll arming per receive). A socket holding `HOLD_MAX` (32)
+//! buffers its connection has not taken (paused by backpressure, or a peer
+//! that floods) has its receive cancelled, so one connection cannot drain
+//! the reactor's buffers; it is armed again once the connection has taken
+//! them. A receive that finds the ring empty (`ENOBUFS`) is armed again when
+//! buffers come back. If the kernel refuses buffer rings (before 5.19) the
+//! ring logs it once and each socket keeps one single-shot `RECV` into its
+//! own 128 KiB buffer, re-armed when the connection has taken every byte.
+//!
+//! Send: zero-copy from the output queue (the queue's `Vec`s are the iovec
+//! targets); the epoll backend still `sendmsg`s borrowed slices. What stays:
+//! one extra copy on receive (the kernel copies into a provided buffer, we
+//! copy that into the connection's input; epoll's `recv` writes straight
+//! into the input).
+//!
+//! Cost against epoll, measured on loopback (`keel-bench sockets`,
+//! docs/performance.md): see there; epoll stays the default.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -40,6 +57,7 @@ use std::io::{self, IoSlice};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +78,21 @@ const SEND_IOV: usize = 64;
 const SEND_BATCH: usize = 1 << 20;
 /// Sent coalescing buffers kept for the connection to reuse.
 const SENT_KEEP: usize = 32;
+/// Provided buffers per reactor for multishot receives (a power of two).
+const PBUF_COUNT: u16 = 256;
+/// Bytes in each provided buffer.
+const PBUF_SIZE: usize = PBUF_LEN as usize;
+/// The same as the kernel takes it.
+const PBUF_LEN: u32 = 32 << 10;
+/// The provided buffers' group id.
+const PBUF_GROUP: u16 = 0;
+/// Received buffers a socket may hold (not yet taken by its connection)
+/// before its multishot receive is cancelled; it is armed again once the
+/// connection has taken them. Bounds what one paused (or hostile)
+/// connection can take from the reactor's provided buffers.
+const HOLD_MAX: usize = 32;
+/// User data of cancel requests (their completions are ignored).
+const CANCEL_TOKEN: u64 = u64::MAX - 1;
 /// User data of the multishot poll on the reactor's epoll fd.
 const EPOLL_TOKEN: u64 = u64::MAX;
 /// Submission queue entries per reactor ring.
@@ -87,6 +120,102 @@ impl Drop for RawBuf {
         // SAFETY: `ptr`/`len` come from `Box::into_raw` of a boxed slice of
         // exactly `len` bytes in `new`, and are freed only here, once.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+    }
+}
+
+/// The reactor's provided buffers: a ring of `PBUF_COUNT` entries
+/// registered with the kernel as buffer group `PBUF_GROUP`, over one
+/// allocation of `PBUF_COUNT` buffers. A multishot receive's completion
+/// names the buffer the kernel filled; the socket holds it until its
+/// connection has copied the bytes out, then puts it back at the tail.
+struct BufRing {
+    /// Page-aligned entries; the kernel reads them and the tail (which
+    /// overlays the reserved field of entry 0).
+    entries: *mut types::BufRingEntry,
+    data: RawBuf,
+    /// Our tail (entries before it are the kernel's).
+    tail: u16,
+    /// A buffer came back since the last `flush`.
+    returned: bool,
+    /// Buffers the kernel filled and we have not put back.
+    lent: usize,
+}
+
+impl BufRing {
+    fn layout() -> std::alloc::Layout {
+        let size = usize::from(PBUF_COUNT) * std::mem::size_of::<types::BufRingEntry>();
+        // 4096: the ring must be page aligned; size is a multiple of it.
+        std::alloc::Layout::from_size_align(size, 4096).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Allocate, register with `ring` and fill with every buffer.
+    fn new(ring: &IoUring) -> io::Result<BufRing> {
+        // SAFETY: the layout has a non-zero size.
+        let entries = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
+        if entries.is_null() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let mut b = BufRing {
+            entries: entries.cast(),
+            data: RawBuf::new(usize::from(PBUF_COUNT) * PBUF_SIZE),
+            tail: 0,
+            returned: false,
+            lent: usize::from(PBUF_COUNT),
+        };
+        // SAFETY: `entries` is page aligned, zeroed and holds `PBUF_COUNT`
+        // entries; it stays allocated until the group is unregistered (the
+        // ring's `Drop`), or forever if operations are still in flight then.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                b.entries as u64,
+                PBUF_COUNT,
+                PBUF_GROUP,
+                0,
+            )?;
+        }
+        for bid in 0..PBUF_COUNT {
+            b.put(bid);
+        }
+        Ok(b)
+    }
+
+    /// Start of buffer `bid`.
+    fn buf(&self, bid: u16) -> *mut u8 {
+        let i = usize::from(bid % PBUF_COUNT);
+        // SAFETY: `i < PBUF_COUNT`, so the offset is inside `data`.
+        unsafe { self.data.ptr.add(i * PBUF_SIZE) }
+    }
+
+    /// Give buffer `bid` (held by us) back to the kernel.
+    fn put(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & (PBUF_COUNT - 1));
+        let addr = self.buf(bid) as u64;
+        // SAFETY: `idx < PBUF_COUNT`. At most `PBUF_COUNT - 1` buffers are
+        // the kernel's while we hold `bid`, so the entry at our tail is not
+        // one it may read yet; the setters leave the tail field (entry 0's
+        // reserved field) alone.
+        let e = unsafe { &mut *self.entries.add(idx) };
+        e.set_addr(addr);
+        e.set_len(PBUF_LEN);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: `entries` is the ring's first entry, initialised; the
+        // tail field is a naturally aligned `u16` that only we write.
+        let tail = unsafe { types::BufRingEntry::tail(self.entries) }.cast_mut();
+        // SAFETY: as above; the kernel reads it concurrently, so it is
+        // accessed atomically, and the release store publishes the entry
+        // written before it.
+        unsafe { AtomicU16::from_ptr(tail) }.store(self.tail, Ordering::Release);
+        self.returned = true;
+        self.lent = self.lent.saturating_sub(1);
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed only here; the
+        // ring's `Drop` forgets a `BufRing` the kernel may still use.
+        unsafe { std::alloc::dealloc(self.entries.cast(), Self::layout()) };
     }
 }
 
@@ -186,8 +315,21 @@ impl OwnedSend {
 
 struct SockState {
     stream: TcpStream,
+    /// Single-shot receive buffer (empty with multishot receive).
     rbuf: RawBuf,
     recv: Cell<RecvState>,
+    /// Multishot receive into the ring's provided buffers.
+    multi: bool,
+    /// Provided buffers received and not yet taken: (id, start, end).
+    held: RefCell<VecDeque<(u16, usize, usize)>>,
+    /// User data of the armed multishot receive.
+    recv_ud: Cell<Option<u64>>,
+    /// A cancel of the multishot receive is under way.
+    cancelling: Cell<bool>,
+    /// Waiting for provided buffers (the receive ended with `ENOBUFS`).
+    starved: Cell<bool>,
+    /// Its `UringSocket` is gone: received buffers go straight back.
+    orphan: Cell<bool>,
     send: Cell<SendState>,
     out: RefCell<OwnedSend>,
     /// Coalescing buffers sent, for the connection to reuse.
@@ -241,6 +383,7 @@ impl SockState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Recv,
+    RecvMulti,
     Send,
 }
 
@@ -251,13 +394,24 @@ pub(crate) struct RingCounters {
     pub completions: u64,
     /// Sends the kernel completed short (the rest was submitted again).
     pub short_sends: u64,
+    /// Multishot receives armed (the first per socket included).
+    pub recv_arms: u64,
 }
 
 /// One reactor's ring for socket I/O.
 pub(crate) struct SockRing {
     ring: IoUring,
-    slots: Vec<Option<(Rc<SockState>, Kind)>>,
+    /// In-flight operations by slot: the socket, the kind and the full
+    /// user data (the slot index in the low 32 bits, a generation above,
+    /// so a late cancel cannot hit a reused slot).
+    slots: Vec<Option<(Rc<SockState>, Kind, u64)>>,
     free: Vec<usize>,
+    generation: u64,
+    /// Provided buffers (`None`: the kernel refused them; single-shot
+    /// receives).
+    bufs: Option<BufRing>,
+    /// Sockets waiting for provided buffers.
+    starved: Vec<Rc<SockState>>,
     queued: usize,
     in_flight: usize,
     epfd: RawFd,
@@ -275,9 +429,12 @@ impl SockRing {
     /// A ring for the reactor whose epoll instance is `epfd` (it must stay
     /// open as long as the ring).
     pub(crate) fn new(epfd: RawFd) -> io::Result<SockRing> {
-        // One issuer (the reactor thread), and completions' task work run
-        // when the reactor next enters the kernel instead of interrupting
-        // it; older kernels get a plain ring.
+        SockRing::build(epfd, true)
+    }
+
+    /// [`Self::new`]; `provided_buffers: false` keeps to single-shot
+    /// receives (as when the kernel refuses buffer rings).
+    fn build(epfd: RawFd, provided_buffers: bool) -> io::Result<SockRing> {
         // One issuer (the reactor thread, which creates, submits to and
         // drops the ring), and completions' task work deferred until the
         // reactor enters the kernel (it checks IORING_SQ_TASKRUN on every
@@ -297,10 +454,27 @@ impl SockRing {
                     .build(RING_ENTRIES)
             })
             .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        let bufs = match provided_buffers.then(|| BufRing::new(&ring)) {
+            None => None,
+            Some(Ok(b)) => Some(b),
+            Some(Err(e)) => {
+                static LOGGED: AtomicBool = AtomicBool::new(false);
+                if !LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "io_uring provided-buffer ring refused: single-shot socket receives"
+                    );
+                }
+                None
+            }
+        };
         Ok(SockRing {
             ring,
             slots: Vec::new(),
             free: Vec::new(),
+            generation: 0,
+            bufs,
+            starved: Vec::new(),
             queued: 0,
             in_flight: 0,
             epfd,
@@ -344,16 +518,106 @@ impl SockRing {
 
     fn slot(&mut self, st: &Rc<SockState>, kind: Kind) -> u64 {
         self.in_flight += 1;
-        let v = Some((Rc::clone(st), kind));
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = v;
-                i as u64
+        self.generation = (self.generation + 1) & 0x7fff_ffff;
+        let i = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let ud = (self.generation << 32) | (i as u64 & 0xffff_ffff);
+        self.slots[i] = Some((Rc::clone(st), kind, ud));
+        ud
+    }
+
+    /// Whether this ring receives into provided buffers.
+    fn multishot(&self) -> bool {
+        self.bufs.is_some()
+    }
+
+    fn post_recv_multi(&mut self, st: &Rc<SockState>) {
+        let ud = self.slot(st, Kind::RecvMulti);
+        st.recv_ud.set(Some(ud));
+        self.counters.recv_arms += 1;
+        let e = opcode::RecvMulti::new(types::Fd(st.fd()), PBUF_GROUP)
+            .build()
+            .user_data(ud);
+        self.push(&e);
+    }
+
+    /// Arm the socket's multishot receive again if it ended and the
+    /// connection has taken what it held.
+    fn rearm(&mut self, st: &Rc<SockState>) {
+        if st.recv_ud.get().is_none()
+            && !st.starved.get()
+            && !st.shut.get()
+            && !st.orphan.get()
+            && st.recv.get() == RecvState::InFlight
+            && st.held.borrow().len() < HOLD_MAX
+        {
+            self.post_recv_multi(st);
+        }
+    }
+
+    /// Give a provided buffer back.
+    fn put_buf(&mut self, bid: u16) {
+        if let Some(b) = &mut self.bufs {
+            b.put(bid);
+        }
+    }
+
+    fn on_recv_multi(&mut self, st: &Rc<SockState>, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more {
+            st.recv_ud.set(None);
+            st.cancelling.set(false);
+        }
+        let bid = cqueue::buffer_select(flags);
+        if let (Some(b), Some(_)) = (&mut self.bufs, bid) {
+            b.lent += 1;
+        }
+        if res > 0 {
+            let Some(bid) = bid else {
+                return;
+            };
+            if st.orphan.get() {
+                self.put_buf(bid);
+                return;
             }
-            None => {
-                self.slots.push(v);
-                (self.slots.len() - 1) as u64
+            let len = usize::try_from(res).unwrap_or(0).min(PBUF_SIZE);
+            let held = {
+                let mut h = st.held.borrow_mut();
+                h.push_back((bid, 0, len));
+                h.len()
+            };
+            if more && held >= HOLD_MAX && !st.cancelling.get() {
+                if let Some(ud) = st.recv_ud.get() {
+                    st.cancelling.set(true);
+                    let e = opcode::AsyncCancel::new(ud).build().user_data(CANCEL_TOKEN);
+                    self.push(&e);
+                }
             }
+            if !more {
+                self.rearm(st);
+            }
+            return;
+        }
+        if let Some(bid) = bid {
+            self.put_buf(bid);
+        }
+        if more {
+            return;
+        }
+        if res == 0 {
+            st.recv.set(RecvState::Eof);
+        } else if res == -libc::ENOBUFS {
+            if !st.starved.replace(true) {
+                self.starved.push(Rc::clone(st));
+            }
+        } else if res == -libc::ECANCELED || would_retry(res) {
+            // Ours (a socket holding too much, re-armed when the connection
+            // takes it), or try again.
+            self.rearm(st);
+        } else {
+            st.recv.set(RecvState::Failed(-res));
         }
     }
 
@@ -404,19 +668,28 @@ impl SockRing {
                 }
                 continue;
             }
-            let Some((st, kind)) = usize::try_from(ud)
-                .ok()
-                .and_then(|i| self.slots.get_mut(i))
-                .and_then(Option::take)
-            else {
+            if ud == CANCEL_TOKEN {
+                continue;
+            }
+            let i = usize::try_from(ud & 0xffff_ffff).unwrap_or(usize::MAX);
+            let Some(Some((st, kind, slot_ud))) = self.slots.get(i) else {
                 continue;
             };
-            if let Ok(i) = usize::try_from(ud) {
-                self.free.push(i);
+            if *slot_ud != ud {
+                continue;
             }
-            self.in_flight -= 1;
+            let (st, kind) = (Rc::clone(st), *kind);
             n += 1;
+            if kind == Kind::RecvMulti && cqueue::more(flags) {
+                // The multishot receive stays armed (and keeps its slot).
+                self.on_recv_multi(&st, res, flags);
+                continue;
+            }
+            self.slots[i] = None;
+            self.free.push(i);
+            self.in_flight -= 1;
             match kind {
+                Kind::RecvMulti => self.on_recv_multi(&st, res, flags),
                 Kind::Recv => {
                     if res > 0 {
                         let end = usize::try_from(res).unwrap_or(0).min(st.rbuf.len);
@@ -466,6 +739,16 @@ impl SockRing {
 
     /// Arm the epoll watch if needed and hand queued entries to the kernel.
     pub(crate) fn flush(&mut self) {
+        if !self.starved.is_empty() && self.bufs.as_ref().is_some_and(|b| b.returned) {
+            // Buffers came back: the sockets that found none try again.
+            for st in std::mem::take(&mut self.starved) {
+                st.starved.set(false);
+                self.rearm(&st);
+            }
+        }
+        if let Some(b) = &mut self.bufs {
+            b.returned = false;
+        }
         if !self.epoll_armed {
             let e = opcode::PollAdd::new(types::Fd(self.epfd), libc::POLLIN as u32)
                 .multi(true)
@@ -533,11 +816,15 @@ impl Drop for SockRing {
         // Every socket with an operation in flight is shut down, which ends
         // its receive and send; wait (bounded) for the kernel to let go of
         // the buffers.
-        for (st, _) in self.slots.iter().flatten() {
+        for (st, ..) in self.slots.iter().flatten() {
             st.shutdown_now();
         }
+        self.starved.clear();
         for _ in 0..200 {
             if self.in_flight == 0 {
+                if self.bufs.take().is_some() {
+                    let _ = self.ring.submitter().unregister_buf_ring(PBUF_GROUP);
+                }
                 return;
             }
             let ts = types::Timespec::new().nsec(5_000_000);
@@ -551,6 +838,9 @@ impl Drop for SockRing {
         // they must never be freed.
         for s in self.slots.drain(..).flatten() {
             std::mem::forget(s);
+        }
+        if let Some(b) = self.bufs.take() {
+            std::mem::forget(b);
         }
     }
 }
@@ -594,10 +884,17 @@ impl UringSocket {
         ring: Rc<RefCell<SockRing>>,
         pool: Arc<BufferPool>,
     ) -> UringSocket {
+        let multi = ring.borrow().multishot();
         let st = Rc::new(SockState {
             stream,
-            rbuf: RawBuf::new(RECV_BUF),
+            rbuf: RawBuf::new(if multi { 0 } else { RECV_BUF }),
             recv: Cell::new(RecvState::InFlight),
+            multi,
+            held: RefCell::new(VecDeque::new()),
+            recv_ud: Cell::new(None),
+            cancelling: Cell::new(false),
+            starved: Cell::new(false),
+            orphan: Cell::new(false),
             send: Cell::new(SendState::Idle),
             out: RefCell::new(OwnedSend::new()),
             sent: RefCell::new(Vec::new()),
@@ -605,13 +902,58 @@ impl UringSocket {
             shutdown_pending: Cell::new(false),
             shut: Cell::new(false),
         });
-        ring.borrow_mut().post_recv(&st);
+        if multi {
+            ring.borrow_mut().post_recv_multi(&st);
+        } else {
+            ring.borrow_mut().post_recv(&st);
+        }
         UringSocket { st, ring }
     }
 
     /// The stream.
     pub fn stream(&self) -> &TcpStream {
         &self.st.stream
+    }
+
+    /// [`SocketIo::recv`] with multishot receive: copy from the held
+    /// provided buffers, giving each back once emptied.
+    fn recv_multi(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let mut ring = self.ring.borrow_mut();
+        let mut copied = 0;
+        {
+            let mut held = self.st.held.borrow_mut();
+            while let Some(&mut (bid, ref mut start, end)) = held.front_mut() {
+                let room = buf.capacity() - buf.len();
+                if room == 0 {
+                    break;
+                }
+                let n = room.min(end - *start);
+                let Some(b) = &ring.bufs else {
+                    break;
+                };
+                // SAFETY: the kernel filled bytes `0..end` of buffer `bid`
+                // and handed it to us (its CQE); it is not given back (so
+                // not written) until below, and `start + n <= end <=
+                // PBUF_SIZE`.
+                let src = unsafe { std::slice::from_raw_parts(b.buf(bid).add(*start), n) };
+                buf.extend_from_slice(src);
+                copied += n;
+                *start += n;
+                if *start == end {
+                    held.pop_front();
+                    ring.put_buf(bid);
+                }
+            }
+        }
+        ring.rearm(&self.st);
+        if copied > 0 {
+            return Ok(copied);
+        }
+        match self.st.recv.get() {
+            RecvState::Eof => Ok(0),
+            RecvState::Failed(e) => Err(errno(e)),
+            RecvState::InFlight | RecvState::Ready { .. } => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 
     /// Whether a send may start now.
@@ -668,7 +1010,7 @@ fn errno(e: i32) -> io::Error {
 
 impl SocketIo for UringSocket {
     fn may_recv(&self) -> bool {
-        !matches!(self.st.recv.get(), RecvState::InFlight)
+        !matches!(self.st.recv.get(), RecvState::InFlight) || !self.st.held.borrow().is_empty()
     }
 
     fn may_send(&self) -> bool {
@@ -679,6 +1021,9 @@ impl SocketIo for UringSocket {
         let room = buf.capacity() - buf.len();
         if room == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no room"));
+        }
+        if self.st.multi {
+            return self.recv_multi(buf);
         }
         match self.st.recv.get() {
             RecvState::InFlight => Err(io::ErrorKind::WouldBlock.into()),
@@ -757,12 +1102,20 @@ impl Drop for UringSocket {
         // The receive in flight ends when the socket is shut down; a send in
         // flight finishes first. The fd closes with the last reference.
         self.shutdown();
+        // Provided buffers go back now, and as they arrive from here on.
+        self.st.orphan.set(true);
+        let held = std::mem::take(&mut *self.st.held.borrow_mut());
+        if let Ok(mut ring) = self.ring.try_borrow_mut() {
+            for (bid, ..) in held {
+                ring.put_buf(bid);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::os::fd::AsRawFd as _;
     use std::thread;
@@ -780,9 +1133,13 @@ mod tests {
     }
 
     fn rig() -> Rig {
+        rig_with(true)
+    }
+
+    fn rig_with(provided_buffers: bool) -> Rig {
         let epfd = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)
             .expect("epoll");
-        let ring = SockRing::new(epfd.as_raw_fd()).expect("io_uring");
+        let ring = SockRing::build(epfd.as_raw_fd(), provided_buffers).expect("io_uring");
         Rig {
             ring: Rc::new(RefCell::new(ring)),
             pool: Arc::new(BufferPool::new(&BufferPoolConfig::default())),
@@ -925,5 +1282,122 @@ mod tests {
         let got = reader.join().expect("reader");
         assert_eq!(got.len(), a.len() + b.len());
         assert!(got[..a.len()] == a[..] && got[a.len()..] == b[..]);
+    }
+
+    fn lent(ring: &Rc<RefCell<SockRing>>) -> usize {
+        ring.borrow().bufs.as_ref().map_or(0, |b| b.lent)
+    }
+
+    /// Take what the socket has into `got` (as a connection would).
+    fn take(sock: &mut UringSocket, got: &mut Vec<u8>) -> bool {
+        let mut eof = false;
+        while sock.may_recv() {
+            let mut buf = Vec::with_capacity(64 << 10);
+            match sock.recv(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => got.extend_from_slice(&buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        eof
+    }
+
+    #[test]
+    fn multishot_receive_delivers_many_small_messages_in_order_armed_once() {
+        many_small_messages_arrive_in_order(true);
+    }
+
+    #[test]
+    fn single_shot_receive_delivers_many_small_messages_in_order() {
+        many_small_messages_arrive_in_order(false);
+    }
+
+    fn many_small_messages_arrive_in_order(multishot: bool) {
+        let rig = rig_with(multishot);
+        assert_eq!(
+            rig.ring.borrow().multishot(),
+            multishot,
+            "this kernel takes buf rings"
+        );
+        let (s, mut c) = pair(None);
+        let mut sock = UringSocket::with_ring(s, Rc::clone(&rig.ring), Arc::clone(&rig.pool));
+        let msgs: Vec<Vec<u8>> = (0..3000).map(|i| pattern(i, 1 + i % 13)).collect();
+        let expect: Vec<u8> = msgs.concat();
+        let writer = thread::spawn(move || {
+            for (i, m) in msgs.iter().enumerate() {
+                c.write_all(m).expect("write");
+                if i % 100 == 0 {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+            c.shutdown(Shutdown::Write).expect("shutdown");
+            c
+        });
+        let mut got = Vec::new();
+        let mut eof = false;
+        drive(&rig.ring, || {
+            eof |= take(&mut sock, &mut got);
+            eof
+        });
+        let _c = writer.join().expect("writer");
+        assert!(
+            got == expect,
+            "{} of {} bytes, in order",
+            got.len(),
+            expect.len()
+        );
+        if multishot {
+            assert_eq!(
+                rig.ring.borrow().counters.recv_arms,
+                1,
+                "one multishot receive for the whole stream"
+            );
+            assert_eq!(lent(&rig.ring), 0, "every provided buffer went back");
+        }
+    }
+
+    #[test]
+    fn multishot_receive_of_a_socket_that_is_not_read_is_bounded() {
+        let rig = rig();
+        let (s, mut c) = pair(None);
+        let mut sock = UringSocket::with_ring(s, Rc::clone(&rig.ring), Arc::clone(&rig.pool));
+        // A peer that sends 8 MiB while the connection takes nothing.
+        let total = 8 << 20;
+        let writer = thread::spawn(move || {
+            let data = pattern(9, total);
+            for piece in data.chunks(16 << 10) {
+                c.write_all(piece).expect("write");
+            }
+            c
+        });
+        drive(&rig.ring, || sock.st.held.borrow().len() >= HOLD_MAX);
+        // More keeps arriving at the socket; its receive stays cancelled.
+        let until = std::time::Instant::now() + Duration::from_millis(100);
+        drive(&rig.ring, || std::time::Instant::now() > until);
+        let held = sock.st.held.borrow().len();
+        assert!(
+            held <= HOLD_MAX + 4,
+            "held {held}: the receive was cancelled at {HOLD_MAX}"
+        );
+        assert!(sock.st.recv_ud.get().is_none(), "not armed while it holds");
+        // Now taken: armed again, everything arrives in order.
+        let mut got = Vec::new();
+        drive(&rig.ring, || {
+            take(&mut sock, &mut got);
+            got.len() >= total
+        });
+        let _c = writer.join().expect("writer");
+        assert!(got == pattern(9, total));
+        assert!(rig.ring.borrow().counters.recv_arms > 1);
+        // Dropped while holding buffers: they go back.
+        drop(_c);
+        drive(&rig.ring, || sock.may_recv());
+        drop(sock);
+        drive(&rig.ring, || rig.ring.borrow().in_flight == 0);
+        assert_eq!(lent(&rig.ring), 0, "every provided buffer went back");
     }
 }
