@@ -135,8 +135,6 @@ struct BufRing {
     data: RawBuf,
     /// Our tail (entries before it are the kernel's).
     tail: u16,
-    /// A buffer came back since the last `flush`.
-    returned: bool,
     /// Buffers the kernel filled and we have not put back.
     lent: usize,
 }
@@ -159,7 +157,6 @@ impl BufRing {
             entries: entries.cast(),
             data: RawBuf::new(usize::from(PBUF_COUNT) * PBUF_SIZE),
             tail: 0,
-            returned: false,
             lent: usize::from(PBUF_COUNT),
         };
         // SAFETY: `entries` is page aligned, zeroed and holds `PBUF_COUNT`
@@ -206,7 +203,6 @@ impl BufRing {
         // accessed atomically, and the release store publishes the entry
         // written before it.
         unsafe { AtomicU16::from_ptr(tail) }.store(self.tail, Ordering::Release);
-        self.returned = true;
         self.lent = self.lent.saturating_sub(1);
     }
 }
@@ -396,6 +392,8 @@ pub(crate) struct RingCounters {
     pub short_sends: u64,
     /// Multishot receives armed (the first per socket included).
     pub recv_arms: u64,
+    /// Multishot receives that found the buffer ring empty.
+    pub recv_starved: u64,
 }
 
 /// One reactor's ring for socket I/O.
@@ -609,6 +607,7 @@ impl SockRing {
         if res == 0 {
             st.recv.set(RecvState::Eof);
         } else if res == -libc::ENOBUFS {
+            self.counters.recv_starved += 1;
             if !st.starved.replace(true) {
                 self.starved.push(Rc::clone(st));
             }
@@ -739,15 +738,18 @@ impl SockRing {
 
     /// Arm the epoll watch if needed and hand queued entries to the kernel.
     pub(crate) fn flush(&mut self) {
-        if !self.starved.is_empty() && self.bufs.as_ref().is_some_and(|b| b.returned) {
-            // Buffers came back: the sockets that found none try again.
+        if !self.starved.is_empty()
+            && self
+                .bufs
+                .as_ref()
+                .is_some_and(|b| b.lent < usize::from(PBUF_COUNT))
+        {
+            // The kernel has buffers again: the sockets that found none
+            // try again.
             for st in std::mem::take(&mut self.starved) {
                 st.starved.set(false);
                 self.rearm(&st);
             }
-        }
-        if let Some(b) = &mut self.bufs {
-            b.returned = false;
         }
         if !self.epoll_armed {
             let e = opcode::PollAdd::new(types::Fd(self.epfd), libc::POLLIN as u32)
@@ -1375,12 +1377,19 @@ mod tests {
             c
         });
         drive(&rig.ring, || sock.st.held.borrow().len() >= HOLD_MAX);
-        // More keeps arriving at the socket; its receive stays cancelled.
+        // The cancel takes effect (what arrived before it is held too),
+        // then nothing more is taken from the socket.
+        drive(&rig.ring, || sock.st.recv_ud.get().is_none());
+        let held = sock.st.held.borrow().len();
         let until = std::time::Instant::now() + Duration::from_millis(100);
         drive(&rig.ring, || std::time::Instant::now() > until);
-        let held = sock.st.held.borrow().len();
+        assert_eq!(
+            sock.st.held.borrow().len(),
+            held,
+            "no receive while it holds"
+        );
         assert!(
-            held <= HOLD_MAX + 4,
+            held <= 2 * HOLD_MAX,
             "held {held}: the receive was cancelled at {HOLD_MAX}"
         );
         assert!(sock.st.recv_ud.get().is_none(), "not armed while it holds");
@@ -1397,6 +1406,49 @@ mod tests {
         drop(_c);
         drive(&rig.ring, || sock.may_recv());
         drop(sock);
+        drive(&rig.ring, || rig.ring.borrow().in_flight == 0);
+        assert_eq!(lent(&rig.ring), 0, "every provided buffer went back");
+    }
+
+    #[test]
+    fn sockets_that_find_the_buffer_ring_empty_are_armed_again() {
+        let rig = rig();
+        // Nine flooding peers whose connections take nothing: at up to
+        // HOLD_MAX (plus a few in flight) buffers each, eight nearly drain
+        // the ring, the ninth finds it empty.
+        let per = 2 << 20;
+        let mut socks = Vec::new();
+        let mut writers = Vec::new();
+        for i in 0..9 {
+            let (s, mut c) = pair(None);
+            socks.push(UringSocket::with_ring(
+                s,
+                Rc::clone(&rig.ring),
+                Arc::clone(&rig.pool),
+            ));
+            writers.push(thread::spawn(move || {
+                c.write_all(&pattern(i, per)).expect("write");
+                c
+            }));
+        }
+        drive(&rig.ring, || rig.ring.borrow().counters.recv_starved > 0);
+        // Let more arrive; then read every socket to the end.
+        let until = std::time::Instant::now() + Duration::from_millis(50);
+        drive(&rig.ring, || std::time::Instant::now() > until);
+        let mut got: Vec<Vec<u8>> = vec![Vec::new(); socks.len()];
+        drive(&rig.ring, || {
+            for (s, g) in socks.iter_mut().zip(&mut got) {
+                take(s, g);
+            }
+            got.iter().all(|g| g.len() >= per)
+        });
+        for (i, g) in got.iter().enumerate() {
+            assert!(*g == pattern(i, per), "socket {i}");
+        }
+        for w in writers {
+            drop(w.join().expect("writer"));
+        }
+        drop(socks);
         drive(&rig.ring, || rig.ring.borrow().in_flight == 0);
         assert_eq!(lent(&rig.ring), 0, "every provided buffer went back");
     }
