@@ -126,20 +126,26 @@ const MAX_IOV: usize = 64;
 const INLINE_CAP: usize = 4 << 10;
 /// Coalescing buffers kept for reuse. A read response is a header (in a
 /// coalescing buffer) then a data buffer, so the queue holds one coalescing
-/// buffer per response in flight; keeping as many as a deep queue uses
-/// means none is allocated per I/O in steady state (at most 128 KiB kept
-/// per connection).
+/// buffer per response in flight (and a socket that sends from owned
+/// buffers holds them until the send completes); keeping as many as a deep
+/// queue uses means none is allocated per I/O in steady state (at most
+/// 128 KiB kept per connection).
 const SPARE_INLINE: usize = 32;
 
-struct Chunk {
-    data: Vec<u8>,
-    /// A coalescing buffer (recycled here) rather than a pool buffer.
-    inline: bool,
+/// A buffer of the output queue: a coalescing buffer or a data (pool)
+/// buffer. Backends that send from owned memory take these by value
+/// ([`SocketIo::send_owned`]).
+#[derive(Debug)]
+pub struct OutChunk {
+    pub(crate) data: Vec<u8>,
+    /// A coalescing buffer (recycled by the queue) rather than a pool
+    /// buffer.
+    pub(crate) inline: bool,
 }
 
 /// Bytes waiting to be sent, in order.
 pub struct OutQueue {
-    chunks: VecDeque<Chunk>,
+    chunks: VecDeque<OutChunk>,
     /// Bytes of the front chunk already sent.
     head: usize,
     bytes: usize,
@@ -188,7 +194,7 @@ impl OutQueue {
         if data.len() > self.small_write {
             let mut v = Vec::with_capacity(data.len());
             v.extend_from_slice(data);
-            self.chunks.push_back(Chunk {
+            self.chunks.push_back(OutChunk {
                 data: v,
                 inline: false,
             });
@@ -205,7 +211,7 @@ impl OutQueue {
                 .spare
                 .pop()
                 .unwrap_or_else(|| Vec::with_capacity(INLINE_CAP));
-            self.chunks.push_back(Chunk {
+            self.chunks.push_back(OutChunk {
                 data: v,
                 inline: true,
             });
@@ -220,25 +226,29 @@ impl OutQueue {
     /// pool (through the connection's account, if any) once sent.
     pub fn push_buf(&mut self, buf: Vec<u8>) {
         if buf.is_empty() {
-            self.recycle(Chunk {
+            self.recycle(OutChunk {
                 data: buf,
                 inline: false,
             });
             return;
         }
         self.bytes += buf.len();
-        self.chunks.push_back(Chunk {
+        self.chunks.push_back(OutChunk {
             data: buf,
             inline: false,
         });
     }
 
-    fn recycle(&mut self, mut c: Chunk) {
+    fn recycle_inline(&mut self, mut v: Vec<u8>) {
+        v.clear();
+        if self.spare.len() < SPARE_INLINE {
+            self.spare.push(v);
+        }
+    }
+
+    fn recycle(&mut self, c: OutChunk) {
         if c.inline {
-            c.data.clear();
-            if self.spare.len() < SPARE_INLINE {
-                self.spare.push(c.data);
-            }
+            self.recycle_inline(c.data);
         } else if let Some(a) = &self.account {
             a.put(c.data);
         }
@@ -247,6 +257,9 @@ impl OutQueue {
 
     /// Send as much as the socket takes. `Ok(true)` if anything was sent.
     fn flush<S: SocketIo>(&mut self, sock: &mut S, cx: &mut Context) -> io::Result<bool> {
+        if S::OWNED_SENDS {
+            return self.flush_owned(sock);
+        }
         let mut sent_any = false;
         while self.bytes > 0 && sock.may_send() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -282,6 +295,28 @@ impl OutQueue {
                         self.recycle(c);
                     }
                 }
+            }
+        }
+        Ok(sent_any)
+    }
+
+    /// [`Self::flush`] for a socket that takes the buffers: they leave the
+    /// queue when handed over (pool buffers go back to the pool from the
+    /// socket; coalescing buffers come back here for reuse).
+    fn flush_owned<S: SocketIo>(&mut self, sock: &mut S) -> io::Result<bool> {
+        sock.reclaim(|v| self.recycle_inline(v));
+        let mut sent_any = false;
+        while self.bytes > 0 && sock.may_send() {
+            match sock.send_owned(&mut self.chunks, self.head, self.account.as_ref()) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.bytes -= n;
+                    self.head = 0;
+                    sent_any = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(sent_any)

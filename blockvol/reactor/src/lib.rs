@@ -59,7 +59,9 @@ mod wake;
 pub use buffer_pool::{
     BufferPool, BufferPoolConfig, PoolAccount, PoolConfigError, PoolError, PoolStats, TIER_SIZES,
 };
-pub use connection::{Close, CloseReason, Connection, ConnectionConfig, OutQueue, Protocol};
+pub use connection::{
+    Close, CloseReason, Connection, ConnectionConfig, OutChunk, OutQueue, Protocol,
+};
 pub use epoll::{Interest, Ready, Registration};
 pub use listener::{ConnectionFactory, Listener, ListenerConfig};
 pub use mailbox::{Message, PostError};

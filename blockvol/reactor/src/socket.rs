@@ -8,11 +8,22 @@
 //! ([`crate::socket_uring`], cargo feature `sockets-uring`) implements the
 //! same trait with its own submissions and completions. A reactor pool runs
 //! one of them, chosen by [`SocketIoKind`].
+//!
+//! Sends come in two shapes. A readiness backend sends borrowed slices
+//! ([`SocketIo::send`]): the kernel is done with them when the call returns.
+//! A completion backend sets [`SocketIo::OWNED_SENDS`] and takes the output
+//! queue's buffers by value ([`SocketIo::send_owned`]), keeping them until
+//! the kernel has sent them; the connection picks the shape at compile time,
+//! so the borrowed path costs what it did.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::TcpStream;
 
 use socket2::SockRef;
+
+use crate::buffer_pool::PoolAccount;
+use crate::connection::OutChunk;
 
 /// Options applied to every accepted (or connected) TCP socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +131,33 @@ pub trait SocketIo {
     /// Send as much of `bufs` as the socket takes, in one call. Never raises
     /// `SIGPIPE`. `WouldBlock` when the send buffer is full.
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Whether a connection sends through [`SocketIo::send_owned`] (the
+    /// backend holds the buffers until the kernel has sent them) rather than
+    /// [`SocketIo::send`].
+    const OWNED_SENDS: bool = false;
+
+    /// Take buffers from the front of `chunks` (the first one from byte
+    /// `head` on) and send them; returns the bytes taken, which leave in
+    /// order unless the socket fails. Pool buffers go back to `account`
+    /// (or to the reactor's pool without one) once sent; coalescing buffers
+    /// come back through [`SocketIo::reclaim`]. `WouldBlock` while a send is
+    /// in flight. Never raises `SIGPIPE`.
+    fn send_owned(
+        &mut self,
+        chunks: &mut VecDeque<OutChunk>,
+        head: usize,
+        account: Option<&PoolAccount>,
+    ) -> io::Result<usize> {
+        let _ = (chunks, head, account);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Hand coalescing buffers whose send completed to `f` (cleared or not;
+    /// the caller clears them) for reuse.
+    fn reclaim(&mut self, f: impl FnMut(Vec<u8>)) {
+        let _ = f;
+    }
 
     /// Shut both directions down (the fd is closed on drop).
     fn shutdown(&mut self);
