@@ -80,8 +80,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Register the reactor threads of this process.
+/// Register the reactor threads of this process (and only those).
 fn find_reactors() -> usize {
+    for r in &REACTORS {
+        r.store(0, Ordering::Relaxed);
+    }
     let mut n = 0;
     for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
@@ -107,10 +110,35 @@ fn per_io(mut load: impl FnMut(f64) -> f64) -> f64 {
 
 #[test]
 fn steady_state_io_does_not_allocate_on_the_reactors() {
+    steady_state(SocketIo::Epoll);
+}
+
+#[test]
+fn steady_state_io_does_not_allocate_on_io_uring_socket_reactors() {
+    steady_state(SocketIo::Uring);
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SocketIo {
+    Epoll,
+    Uring,
+}
+
+/// The tests share the process (and its allocator): one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn steady_state(io: SocketIo) {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let socket_io = match io {
+        SocketIo::Epoll => "epoll",
+        SocketIo::Uring => "io_uring",
+    };
     let dir = tempfile::tempdir().unwrap();
     let (ip, np) = (free_port(), free_port());
     let cfg = format!(
-        "data_dir = {:?}\n[reactor]\ncores = 1\n[iscsi]\nlisten = [\"127.0.0.1:{ip}\"]\n\
+        "data_dir = {:?}\n[reactor]\ncores = 1\nsocket_io = \"{socket_io}\"\n[iscsi]\nlisten = [\"127.0.0.1:{ip}\"]\n\
          [nvmf]\nlisten = [\"127.0.0.1:{np}\"]\n[admin]\nlisten = \"\"\n\
          [[volume]]\nname = \"vol0\"\nsize = \"512MiB\"\n",
         dir.path().join("data")
@@ -165,14 +193,14 @@ fn steady_state_io_does_not_allocate_on_the_reactors() {
         report.push((name, a, limit));
     }
     for (name, a, _) in &report {
-        eprintln!("{name}: {a:.3} allocations per I/O on the reactor");
+        eprintln!("{name} ({socket_io}): {a:.3} allocations per I/O on the reactor");
     }
     drop(q);
     server.shutdown().unwrap();
     for (name, a, limit) in report {
         assert!(
             a < limit,
-            "{name}: {a:.3} allocations per I/O on the reactor thread in steady state (limit {limit})"
+            "{name} ({socket_io}): {a:.3} allocations per I/O on the reactor thread in steady state (limit {limit})"
         );
     }
 }
