@@ -802,9 +802,13 @@ mod tests {
             assert_eq!(idx, 0);
             poster.join().unwrap();
         }
-        let c = pool.remote(0).unwrap().counters();
-        assert!(c.wakeups >= 20, "{c:?}");
-        assert_eq!(c.messages, 20);
+        // Counters are published at the end of a loop iteration, after the
+        // message ran: wait for them rather than read them at once.
+        wait_until("20 wake-ups and messages counted", || {
+            let c = r.counters();
+            c.wakeups >= 20 && c.messages >= 20
+        });
+        assert_eq!(r.counters().messages, 20);
     }
 
     #[test]
@@ -877,7 +881,9 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "late");
         assert!(t0.elapsed() >= Duration::from_millis(30));
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
-        assert!(pool.remote(0).unwrap().counters().timers_fired >= 2);
+        wait_until("two timers counted", || {
+            pool.remote(0).unwrap().counters().timers_fired >= 2
+        });
     }
 
     #[test]
