@@ -218,6 +218,30 @@ impl ServerProcess {
             .map(|(_, b)| b.to_owned())
             .unwrap_or(out)
     }
+
+    /// Wait (10 s at most) until the reactors' buffer pool has no bytes in
+    /// use, as `/metrics` reports it: every data buffer a session took went
+    /// back. A buffer dropped on a failed, aborted, unsent or abandoned
+    /// command would stay counted as in use for good. Panics with the count
+    /// on timeout.
+    pub fn assert_buffer_pool_idle(&self) {
+        let in_use = || {
+            self.admin_get("/metrics")
+                .lines()
+                .find(|l| l.starts_with("keel_buffer_pool_bytes{state=\"in_use\"}"))
+                .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .expect("keel_buffer_pool_bytes in_use in /metrics")
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_use() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "buffer pool bytes still in use after the sessions ended: {}",
+                in_use()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for ServerProcess {

@@ -455,5 +455,32 @@ fn abort_task_answers_as_rfc_7143_says() {
     let r = c.read16(10, 8, BS).unwrap();
     assert_eq!(r.status, 0);
     assert!(r.data == data, "the completed write's data");
+    // VERIFY(16) without byte compare: blocks read and not sent.
+    let mut v = [0u8; 16];
+    v[0] = 0x8f;
+    v[2..10].copy_from_slice(&0u64.to_be_bytes());
+    v[10..14].copy_from_slice(&256u32.to_be_bytes());
+    assert_eq!(c.scsi(0, &v, 0, &[]).unwrap().status, 0, "VERIFY");
     c.logout().unwrap();
+    // A connection that goes away with 1 MiB reads in flight.
+    let mut d = Client::connect(s.iscsi).unwrap();
+    d.login(INI, Some(&iqn("vol0")), None).unwrap();
+    for i in 0..8u32 {
+        let mut cmd = base();
+        cmd.final_bit = true;
+        cmd.read = true;
+        cmd.attr = 1;
+        cmd.itt = d.next_itt();
+        cmd.expected_len = 256 * BS;
+        cmd.cmd_sn = d.cmd_sn;
+        cmd.exp_stat_sn = d.exp_stat_sn;
+        cmd.cdb[0] = 0x88;
+        cmd.cdb[2..10].copy_from_slice(&u64::from(i * 256).to_be_bytes());
+        cmd.cdb[10..14].copy_from_slice(&256u32.to_be_bytes());
+        d.cmd_sn = d.cmd_sn.wrapping_add(1);
+        d.send(&cmd.encode(), &[]).unwrap();
+    }
+    drop(d);
+    // Every data buffer taken from the reactor's pool went back.
+    s.assert_buffer_pool_idle();
 }

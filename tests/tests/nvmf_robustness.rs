@@ -242,6 +242,17 @@ fn hostile_hosts_do_not_harm_other_associations() {
     victim_ok(&mut v, &data);
     assert!(s.alive(), "server died:\n{}", s.log());
     assert!(!s.log().contains("panicked"), "{}", s.log());
+    // A queue that goes away with 1 MiB reads in flight.
+    let (a2, mut q2, _) = victim(&s);
+    for i in 0..8u64 {
+        q2.submit(Queue::rw_sqe(false, i * 256, 256, false), &[])
+            .unwrap();
+    }
+    drop((a2, q2));
+    // Every data buffer taken from the reactor's pool went back once the
+    // hosts are gone.
+    drop((_admin, v));
+    s.assert_buffer_pool_idle();
 }
 
 #[test]

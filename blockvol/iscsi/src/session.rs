@@ -851,7 +851,17 @@ impl IscsiConn {
     }
 
     fn free_task(&mut self, i: usize) -> Option<Task> {
-        let t = self.tasks.get_mut(i)?.take()?;
+        let mut t = self.tasks.get_mut(i)?.take()?;
+        // Data buffers still held (a failed, aborted or unsent command) go
+        // back to the pool: a dropped pool buffer would stay counted as in
+        // use and shrink the pool for good.
+        let pool = self.pool.as_ref();
+        for b in t.data.drain(..).filter(|b| b.capacity() > 0) {
+            buffer_pool::give_back(pool, b);
+        }
+        for b in t.reads.drain(..).flatten() {
+            buffer_pool::give_back(pool, b);
+        }
         self.by_itt.remove(&t.itt);
         self.free.push(i);
         for (ttt, off, len, _) in &t.r2ts {
@@ -1618,12 +1628,17 @@ impl IscsiConn {
         let slot = (c.tag & 0xf_ffff) as usize;
         let chunk = ((c.tag >> 20) & 0xfff) as usize;
         let serial = (c.tag >> 32) as u32;
-        let Some(t) = self.tasks.get_mut(slot).and_then(Option::as_mut) else {
+        let Some(t) = self
+            .tasks
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|t| t.serial == serial)
+        else {
+            if let Some(b) = c.buf {
+                buffer_pool::give_back(self.pool.as_ref(), b);
+            }
             return;
         };
-        if t.serial != serial {
-            return;
-        }
         t.ops = t.ops.saturating_sub(1);
         let is_write = !matches!(t.work, Work::Read { .. });
         if let Err(e) = &c.result {
@@ -1632,6 +1647,9 @@ impl IscsiConn {
             }
         }
         if t.aborted {
+            if let Some(b) = c.buf {
+                buffer_pool::give_back(self.pool.as_ref(), b);
+            }
             if t.ops == 0 {
                 self.free_task(slot);
                 self.tmf_progress(out);
@@ -1640,9 +1658,10 @@ impl IscsiConn {
         }
         match &mut t.work {
             Work::Read { .. } => {
-                if let (Ok(()), Some(buf)) = (&c.result, c.buf) {
-                    if let Some(r) = t.reads.get_mut(chunk) {
-                        *r = Some(buf);
+                if let Some(buf) = c.buf {
+                    match t.reads.get_mut(chunk) {
+                        Some(r) if c.result.is_ok() => *r = Some(buf),
+                        _ => buffer_pool::give_back(self.pool.as_ref(), buf),
                     }
                 }
                 self.pump_read(slot, out);
@@ -1776,6 +1795,7 @@ impl IscsiConn {
             };
             t.next_send += 1;
             if !send {
+                buffer_pool::give_back(self.pool.as_ref(), buf);
                 continue;
             }
             let remaining = (t.send_len - t.sent) as usize;
@@ -2427,6 +2447,15 @@ impl Protocol for IscsiConn {
         // drop waits), so no buffer is freed under the kernel.
         self.notify = None;
         self.handle = None;
+        // Buffers of unfinished commands back to the pool.
+        for i in 0..self.tasks.len() {
+            self.free_task(i);
+        }
+        for c in self.completions.drain(..) {
+            if let Some(b) = c.buf {
+                buffer_pool::give_back(self.pool.as_ref(), b);
+            }
+        }
         if let Some(t) = &self.target {
             t.lun.nexus_lost(&self.nexus);
         }

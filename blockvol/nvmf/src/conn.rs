@@ -340,7 +340,17 @@ impl NvmeConn {
     }
 
     fn release(&mut self, slot: usize) -> Option<Task> {
-        let t = self.tasks.get_mut(slot)?.take()?;
+        let mut t = self.tasks.get_mut(slot)?.take()?;
+        // Data buffers still held (a failed or unsent command) go back to
+        // the pool: a dropped pool buffer would stay counted as in use and
+        // shrink the pool for good.
+        let pool = self.pool.as_ref();
+        for b in t.data.drain(..).filter(|b| b.capacity() > 0) {
+            buffer_pool::give_back(pool, b);
+        }
+        for b in t.reads.drain(..).flatten() {
+            buffer_pool::give_back(pool, b);
+        }
         self.by_cid.remove(&t.sqe.cid.get());
         if t.r2t_open {
             self.by_ttag.remove(&t.ttag);
@@ -1181,11 +1191,15 @@ impl NvmeConn {
                 self.tasks[slot].as_ref().map(|t| &t.work),
                 Some(Work::Param)
             ) {
-                // Connect data that came through R2T.
+                // Connect data that came through R2T (taken before the
+                // release hands the task's buffers back to the pool).
+                let d: Vec<u8> = self.tasks[slot]
+                    .as_ref()
+                    .map(|t| t.data.concat())
+                    .unwrap_or_default();
                 let Some(t) = self.release(slot) else {
                     return Ok(());
                 };
-                let d: Vec<u8> = t.data.concat();
                 self.connect(&t.sqe, &d, out, cx);
                 return Ok(());
             }
@@ -1277,30 +1291,30 @@ impl NvmeConn {
         let slot = (c.tag & 0xf_ffff) as usize;
         let chunk = ((c.tag >> 20) & 0xfff) as usize;
         let serial = (c.tag >> 32) as u32;
-        let Some(t) = self.tasks.get_mut(slot).and_then(Option::as_mut) else {
+        let Some(t) = self
+            .tasks
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|t| t.serial == serial)
+        else {
+            if let Some(b) = c.buf {
+                buffer_pool::give_back(self.pool.as_ref(), b);
+            }
             return;
         };
-        if t.serial != serial {
-            return;
-        }
         t.ops = t.ops.saturating_sub(1);
         let write = !matches!(t.work, Work::Read { .. });
-        match c.result {
-            Err(e) => {
-                if t.status == Status::SUCCESS {
-                    t.status = engine_status(e.kind(), write);
-                }
+        if let Err(e) = &c.result {
+            if t.status == Status::SUCCESS {
+                t.status = engine_status(e.kind(), write);
             }
-            Ok(()) => match (&t.work, c.buf) {
-                (Work::Read { .. }, Some(buf)) => {
-                    if let Some(r) = t.reads.get_mut(chunk) {
-                        *r = Some(buf);
-                    }
-                }
-                // A write's data buffer comes back: to the pool.
-                (_, Some(buf)) => buffer_pool::give_back(self.pool.as_ref(), buf),
-                (_, None) => {}
-            },
+        }
+        if let Some(buf) = c.buf {
+            match (&t.work, t.reads.get_mut(chunk)) {
+                (Work::Read { .. }, Some(r)) if c.result.is_ok() => *r = Some(buf),
+                // A write's data buffer, or a failed read's: to the pool.
+                _ => buffer_pool::give_back(self.pool.as_ref(), buf),
+            }
         }
         if matches!(t.work, Work::Read { .. }) {
             self.pump_read(slot, out);
@@ -1553,6 +1567,15 @@ impl Protocol for NvmeConn {
     fn on_close(&mut self, reason: &CloseReason, _cx: &mut Context) {
         self.notify = None;
         self.handle = None;
+        // Buffers of unfinished commands back to the pool.
+        for i in 0..self.tasks.len() {
+            self.release(i);
+        }
+        for c in self.completions.drain(..) {
+            if let Some(b) = c.buf {
+                buffer_pool::give_back(self.pool.as_ref(), b);
+            }
+        }
         if let (Some(c), Some(qid)) = (&self.ctrl, self.qid) {
             if qid == 0 {
                 // The admin queue going away ends the association.
