@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use keel_pdu::iscsi::digest::{crc32c, to_wire};
 use keel_pdu::iscsi::text::{parse_pairs, push_pair};
 use keel_pdu::iscsi::{
     body_len, padded_len, parse, DataOut, Login, LogoutRequest, Nop, Pdu, RawBhs, ScsiCommand,
@@ -48,6 +49,13 @@ pub struct Client {
     isid: [u8; 6],
     /// Target's MaxRecvDataSegmentLength.
     pub target_mrdsl: usize,
+    /// Operational keys the next login proposes instead of the defaults
+    /// (digests, ImmediateData, ...); the digests it proposes are used.
+    pub login_keys: Vec<(String, String)>,
+    /// CRC32C header digests on this connection.
+    pub header_digest: bool,
+    /// CRC32C data digests on this connection.
+    pub data_digest: bool,
 }
 
 /// Why a login failed.
@@ -75,6 +83,9 @@ impl Client {
             itt: 1,
             isid,
             target_mrdsl: 8192,
+            login_keys: Vec::new(),
+            header_digest: false,
+            data_digest: false,
         })
     }
 
@@ -130,22 +141,36 @@ impl Client {
         }
     }
 
-    /// Send a PDU (no digests).
-    pub fn send(&mut self, bhs: &RawBhs, data: &[u8]) -> std::io::Result<()> {
+    /// The wire bytes of a PDU (no AHS), with the connection's digests.
+    pub fn encode(&self, bhs: &RawBhs, data: &[u8]) -> Vec<u8> {
         let mut v = bhs.to_bytes().to_vec();
+        if self.header_digest {
+            v.extend_from_slice(&to_wire(crc32c(&v)));
+        }
+        let at = v.len();
         v.extend_from_slice(data);
-        v.resize(BHS_LEN + padded_len(data.len()), 0);
+        v.resize(at + padded_len(data.len()), 0);
+        if self.data_digest && !data.is_empty() {
+            let d = to_wire(crc32c(&v[at..]));
+            v.extend_from_slice(&d);
+        }
+        v
+    }
+
+    /// Send a PDU.
+    pub fn send(&mut self, bhs: &RawBhs, data: &[u8]) -> std::io::Result<()> {
+        let v = self.encode(bhs, data);
         self.sock.write_all(&v)
     }
 
-    /// Receive one PDU (no digests).
+    /// Receive one PDU (digests are skipped, not checked).
     pub fn recv(&mut self) -> std::io::Result<Received> {
         let mut h = [0u8; BHS_LEN];
         self.sock.read_exact(&mut h)?;
         let (bhs, pdu) = parse(&h).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let mut body = vec![0u8; body_len(&bhs, false, false)];
+        let mut body = vec![0u8; body_len(&bhs, self.header_digest, self.data_digest)];
         self.sock.read_exact(&mut body)?;
-        let ahs = bhs.ahs_len();
+        let ahs = bhs.ahs_len() + if self.header_digest { 4 } else { 0 };
         let data = body[ahs..ahs + bhs.data_len()].to_vec();
         Ok(Received { bhs, pdu, data })
     }
@@ -225,7 +250,10 @@ impl Client {
             ("FirstBurstLength", "65536"),
             ("ErrorRecoveryLevel", "0"),
         ] {
-            push_pair(&mut ops, k, v);
+            match self.login_keys.iter().find(|(a, _)| a == k) {
+                Some((_, mine)) => push_pair(&mut ops, k, mine),
+                None => push_pair(&mut ops, k, v),
+            }
         }
         let req = Login {
             transit: true,
@@ -243,6 +271,9 @@ impl Client {
             if let Some((_, v)) = pairs.iter().find(|(k, _)| *k == "MaxRecvDataSegmentLength") {
                 self.target_mrdsl = v.parse().unwrap_or(8192);
             }
+            let on = |key: &str| pairs.iter().any(|(k, v)| *k == key && *v == "CRC32C");
+            self.header_digest = on("HeaderDigest");
+            self.data_digest = on("DataDigest");
         }
         Ok(())
     }

@@ -838,6 +838,39 @@ fn take_buf(op: Op) -> Option<Vec<u8>> {
     }
 }
 
+impl Handle {
+    /// Close the handle and hand every buffer it still holds to `f`: those
+    /// of completions not yet taken, of operations in flight (waited for,
+    /// as dropping the handle does) and of writes parked by admission
+    /// control (never submitted, so never done). A caller that pools its
+    /// buffers gets them all back; dropping the handle frees them instead.
+    pub fn close(mut self, mut f: impl FnMut(Vec<u8>)) {
+        for d in std::mem::take(&mut self.deferred) {
+            if let Op::Read { buf, .. } | Op::Write { buf, .. } = d.op {
+                f(buf);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.reap();
+            while let Some(c) = self.local.pop_front() {
+                if let Some(b) = c.buf {
+                    f(b);
+                }
+            }
+            while let Some(c) = self.notifier.ready.pop() {
+                if let Some(b) = c.buf {
+                    f(b);
+                }
+            }
+            if self.in_flight == 0 || Instant::now() >= deadline {
+                break;
+            }
+            self.notifier.wait(Some(Duration::from_millis(5)));
+        }
+    }
+}
+
 impl Drop for Handle {
     fn drop(&mut self) {
         // Writes in flight must reach the dirty map and the watermark, or the

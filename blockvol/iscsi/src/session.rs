@@ -2443,10 +2443,13 @@ impl Protocol for IscsiConn {
     }
 
     fn on_close(&mut self, reason: &CloseReason, _cx: &mut Context) {
-        // Engine operations in flight finish before the handle goes (its
-        // drop waits), so no buffer is freed under the kernel.
         self.notify = None;
-        self.handle = None;
+        // Operations in flight finish before the handle goes, so no buffer
+        // is freed under the kernel; every buffer it holds comes back.
+        if let Some(h) = self.handle.take() {
+            let pool = self.pool.as_ref();
+            h.close(|b| buffer_pool::give_back(pool, b));
+        }
         // Buffers of unfinished commands back to the pool.
         for i in 0..self.tasks.len() {
             self.free_task(i);

@@ -1566,7 +1566,12 @@ impl Protocol for NvmeConn {
 
     fn on_close(&mut self, reason: &CloseReason, _cx: &mut Context) {
         self.notify = None;
-        self.handle = None;
+        // Operations in flight finish before the handle goes, so no buffer
+        // is freed under the kernel; every buffer it holds comes back.
+        if let Some(h) = self.handle.take() {
+            let pool = self.pool.as_ref();
+            h.close(|b| buffer_pool::give_back(pool, b));
+        }
         // Buffers of unfinished commands back to the pool.
         for i in 0..self.tasks.len() {
             self.release(i);
