@@ -775,6 +775,14 @@ impl Handle {
         self.reap();
         if !self.deferred.is_empty() {
             self.retry_deferred();
+            // What the retry started goes to the kernel now: the reap above
+            // was this poll's submission, and an owner told it may sleep
+            // (`before_sleep`) waits for completions of what it submitted.
+            #[cfg(feature = "backend-uring")]
+            #[allow(irrefutable_let_patterns)] // one variant when std is compiled out
+            if let Exec::Uring(u) = &mut self.exec {
+                u.flush();
+            }
         }
         let mut n = 0;
         while let Some(c) = self.local.pop_front() {
