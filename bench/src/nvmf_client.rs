@@ -69,6 +69,9 @@ pub struct Queue {
     /// receive would block (see [`Queue::set_cork`]).
     corked: bool,
     out: Vec<u8>,
+    /// Tests: each PDU leaves in irregular pieces with short pauses, so
+    /// the target sees headers long before their data.
+    pub trickle: bool,
 }
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -95,6 +98,7 @@ impl Queue {
             qid: 0,
             corked: false,
             out: Vec::new(),
+            trickle: false,
         };
         let mut ic = vec![0u8; IC_LEN];
         ic[0] = PduType::IcReq.value();
@@ -127,6 +131,20 @@ impl Queue {
     }
 
     fn flush_out(&mut self) -> std::io::Result<()> {
+        if self.trickle {
+            const SIZES: [usize; 6] = [24, 1, 7, 1000, 40_000, 65_536];
+            let mut at = 0;
+            for n in SIZES.iter().cycle() {
+                if at == self.out.len() {
+                    break;
+                }
+                let n = (*n).min(self.out.len() - at);
+                self.sock.write_all(&self.out[at..at + n])?;
+                at += n;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            self.out.clear();
+        }
         if !self.out.is_empty() {
             self.sock.write_all(&self.out)?;
             self.out.clear();

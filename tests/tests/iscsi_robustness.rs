@@ -484,3 +484,157 @@ fn abort_task_answers_as_rfc_7143_says() {
     // Every data buffer taken from the reactor's pool went back.
     s.assert_buffer_pool_idle();
 }
+
+/// Write `bytes` (one PDU) in irregular pieces with pauses: the header
+/// (and its digest) first, then the data a few bytes or many KiB at a
+/// time, so the target has the header long before the data.
+fn send_in_pieces(c: &mut Client, bytes: &[u8]) {
+    let head = keel_pdu::iscsi::BHS_LEN + if c.header_digest { 4 } else { 0 };
+    let sizes = [head, 1, 7, 1000, 40_000, 3, 65_536];
+    let mut at = 0;
+    let mut i = 0;
+    while at < bytes.len() {
+        let n = sizes[i % sizes.len()].min(bytes.len() - at);
+        c.socket().write_all(&bytes[at..at + n]).unwrap();
+        c.socket().flush().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        at += n;
+        i += 1;
+    }
+}
+
+/// A 600 000-byte WRITE(16) at `lba`: 30 000 bytes of immediate data, an
+/// unsolicited Data-Out up to 64 KiB, the rest on R2Ts in Data-Outs of
+/// 100 000 bytes (one crosses the target's 256 KiB buffer boundary), every
+/// PDU sent in pieces. Returns the SCSI status.
+fn write_in_pieces(c: &mut Client, lba: u64, data: &[u8]) -> u8 {
+    use keel_pdu::iscsi::DataOut;
+    const IMM: usize = 30_000;
+    const FIRST: usize = 65_536;
+    let itt = c.next_itt();
+    let mut cmd = base();
+    cmd.write = true;
+    cmd.attr = 1;
+    cmd.itt = itt;
+    cmd.expected_len = data.len() as u32;
+    cmd.data_len = IMM;
+    cmd.cmd_sn = c.cmd_sn;
+    cmd.exp_stat_sn = c.exp_stat_sn;
+    cmd.cdb[0] = 0x8a;
+    cmd.cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cmd.cdb[10..14].copy_from_slice(&((data.len() / BS as usize) as u32).to_be_bytes());
+    c.cmd_sn = c.cmd_sn.wrapping_add(1);
+    let wire = c.encode(&cmd.encode(), &data[..IMM]);
+    send_in_pieces(c, &wire);
+    let out = |off: usize, n: usize, ttt: u32, sn: u32, last: bool, c: &Client| {
+        let d = DataOut {
+            final_bit: last,
+            data_len: n,
+            lun: 0,
+            itt,
+            ttt,
+            exp_stat_sn: c.exp_stat_sn,
+            data_sn: sn,
+            buffer_offset: off as u32,
+        };
+        c.encode(&d.encode(), &data[off..off + n])
+    };
+    let wire = out(IMM, FIRST - IMM, 0xffff_ffff, 0, true, c);
+    send_in_pieces(c, &wire);
+    loop {
+        let r = c.recv().unwrap();
+        match r.pdu {
+            Pdu::R2t(t) => {
+                let mut off = t.buffer_offset as usize;
+                let end = off + t.desired_len as usize;
+                let mut sn = 0;
+                while off < end {
+                    let n = (end - off).min(100_000);
+                    let wire = out(off, n, t.ttt, sn, off + n == end, c);
+                    send_in_pieces(c, &wire);
+                    off += n;
+                    sn += 1;
+                }
+            }
+            Pdu::ScsiResponse(s) => {
+                c.exp_stat_sn = s.stat_sn.wrapping_add(1);
+                return s.status;
+            }
+            other => panic!("unexpected PDU {other:?}"),
+        }
+    }
+}
+
+/// Write data that arrives after its header, in pieces: the target takes
+/// it into the task's buffers as it comes (straight from the socket with
+/// epoll socket I/O, from the input buffer with io_uring), with and without
+/// CRC32C digests. The blocks read back as written; a bad data digest on
+/// such a PDU gets a Reject (data digest error) and the connection ends;
+/// a session beside it keeps its data; no pool buffer is left in use.
+#[test]
+fn write_data_arriving_in_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProcess::start(Path::new(SERVER), dir.path(), &["vol0:64MiB"], &[]);
+    let (mut v, vdata) = victim(&s);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let keys = |digests: bool| {
+        let mut k = vec![
+            ("ImmediateData", "Yes"),
+            ("InitialR2T", "No"),
+            ("FirstBurstLength", "65536"),
+        ];
+        if digests {
+            k.extend([("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")]);
+        }
+        k.into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    for (digests, lba) in [(false, 1000u64), (true, 2000)] {
+        let mut c = Client::connect(s.iscsi).unwrap();
+        c.login_keys = keys(digests);
+        c.login(INI, Some(&iqn("vol0")), None).unwrap();
+        assert_eq!((c.header_digest, c.data_digest), (digests, digests));
+        let data: Vec<u8> = (0..600_000 / BS as usize * BS as usize)
+            .map(|_| rng.gen())
+            .collect();
+        assert_eq!(write_in_pieces(&mut c, lba, &data), 0, "digests {digests}");
+        let blocks = (data.len() / BS as usize) as u32;
+        let r = c.read16(lba, blocks, BS).unwrap();
+        assert_eq!(r.status, 0);
+        assert!(r.data == data, "digests {digests}: the blocks differ");
+        c.logout().unwrap();
+    }
+
+    // A bad data digest on immediate data that arrives in pieces.
+    let mut c = Client::connect(s.iscsi).unwrap();
+    c.login_keys = keys(true);
+    c.login(INI, Some(&iqn("vol0")), None).unwrap();
+    let mut cmd = base();
+    cmd.final_bit = true;
+    cmd.write = true;
+    cmd.attr = 1;
+    cmd.itt = c.next_itt();
+    cmd.expected_len = 8 * BS;
+    cmd.data_len = 8 * BS as usize;
+    cmd.cmd_sn = c.cmd_sn;
+    cmd.exp_stat_sn = c.exp_stat_sn;
+    cmd.cdb[0] = 0x8a;
+    cmd.cdb[2..10].copy_from_slice(&3000u64.to_be_bytes());
+    cmd.cdb[10..14].copy_from_slice(&8u32.to_be_bytes());
+    let mut wire = c.encode(&cmd.encode(), &vec![0xee; 8 * BS as usize]);
+    let last = wire.len() - 1;
+    wire[last] ^= 0xff;
+    send_in_pieces(&mut c, &wire);
+    let r = c.recv().unwrap();
+    match r.pdu {
+        Pdu::Reject(j) => assert_eq!(j.reason, 2, "reject reason"),
+        other => panic!("expected a Reject, got {other:?}"),
+    }
+    assert!(closed(c.socket()), "the connection stays up");
+    let r = v.read16(3000, 8, BS).unwrap();
+    assert!(r.data.iter().all(|&b| b == 0), "the rejected write landed");
+    victim_ok(&mut v, &vdata);
+    v.logout().unwrap();
+    s.assert_buffer_pool_idle();
+}

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_blockvol::{Completion, Error as EngineError, Handle, Op, SleepCheck};
-use keel_pdu::iscsi::digest::{crc32c, crc32c_parts, from_wire, to_wire};
+use keel_pdu::iscsi::digest::{crc32c, crc32c_continue, crc32c_parts, from_wire, to_wire};
 use keel_pdu::iscsi::text::{parse_pairs, push_pair};
 use keel_pdu::iscsi::{
     padded_len, DataIn, DataOut, Login, LogoutRequest, LogoutResponse, Nop, Pdu, R2t, RawBhs,
@@ -190,6 +190,30 @@ struct Task {
     aborted: bool,
 }
 
+/// The data segment of a SCSI Command or Data-Out PDU whose header was
+/// handled before all of its data had arrived. The data goes into the
+/// task's buffers as it comes: straight from the socket where the socket
+/// I/O allows ([`Protocol::direct_target`]), else copied from the input.
+/// The data counts, and the task moves on, once the whole segment (and its
+/// digest) is in.
+#[derive(Debug)]
+struct RxData {
+    /// The task and its serial (`None`: the data is dropped).
+    task: Option<(usize, u32)>,
+    /// Buffer offset of this PDU's first data byte.
+    first: u32,
+    /// Data bytes received so far.
+    done: usize,
+    /// Data bytes in all.
+    len: usize,
+    /// Padding and data digest after the data.
+    tail: usize,
+    /// Data digest of the bytes received so far (data digests on).
+    crc: u32,
+    /// The header, for a reject.
+    bhs: RawBhs,
+}
+
 /// A task-management request waiting for aborted tasks to drain.
 #[derive(Debug)]
 struct PendingTmf {
@@ -240,6 +264,8 @@ pub struct IscsiConn {
     retry_due: keel_reactor::WakeBy,
     logout_after_flush: bool,
     discovery: bool,
+    /// Data of a PDU whose header is handled, still arriving.
+    rx: Option<RxData>,
 }
 
 use std::cell::Cell;
@@ -388,6 +414,7 @@ impl IscsiConn {
             retry_due: keel_reactor::WakeBy::default(),
             logout_after_flush: false,
             discovery: false,
+            rx: None,
         }
     }
 
@@ -953,24 +980,45 @@ impl IscsiConn {
         out: &mut OutQueue,
         cx: &mut Context,
     ) -> Result<(), Close> {
+        if let Some(slot) = self.command_head(cmd, raw_bhs, ahs, data.len(), out)? {
+            if !data.is_empty() {
+                self.take_data(slot, 0, data);
+            }
+            self.advance(slot, out, cx);
+        }
+        Ok(())
+    }
+
+    /// The header part of a SCSI Command with `dlen` bytes of immediate
+    /// data: checks, the plan, the task. Returns the task that takes the
+    /// data and moves on once it is in (`None`: answered or dropped
+    /// already; its data is dropped).
+    fn command_head(
+        &mut self,
+        cmd: &ScsiCommand,
+        raw_bhs: &RawBhs,
+        ahs: &[u8],
+        dlen: usize,
+        out: &mut OutQueue,
+    ) -> Result<Option<usize>, Close> {
         if !self.accept_cmd_sn(cmd.cmd_sn, cmd.immediate) {
-            return Ok(());
+            return Ok(None);
         }
         if self.discovery || self.target.is_none() {
             self.send_reject(out, reject::PROTOCOL_ERROR, raw_bhs);
-            return Ok(());
+            return Ok(None);
         }
         if self.by_itt.contains_key(&cmd.itt) {
             // An ITT still in use: task in progress.
             self.send_reject(out, 0x07, raw_bhs);
-            return Ok(());
+            return Ok(None);
         }
         if !cmd.final_bit && !cmd.write {
             return Err(self.protocol_error(out, raw_bhs, "F=0 without W"));
         }
-        if data.len() > cmd.expected_len as usize
-            || data.len() > self.neg.first_burst_length as usize
-            || (!data.is_empty() && !self.neg.immediate_data)
+        if dlen > cmd.expected_len as usize
+            || dlen > self.neg.first_burst_length as usize
+            || (dlen > 0 && !self.neg.immediate_data)
         {
             return Err(self.protocol_error(out, raw_bhs, "immediate data beyond the limits"));
         }
@@ -1060,7 +1108,7 @@ impl IscsiConn {
         };
         match action {
             Action::Data(v) => {
-                if task.unsol_open || !data.is_empty() {
+                if task.unsol_open || dlen > 0 {
                     // Data-out for a data-in command: absorb, then answer.
                     task.reject_with = Some((
                         status::CHECK_CONDITION,
@@ -1070,7 +1118,7 @@ impl IscsiConn {
                     ));
                 } else {
                     self.send_data_in(out, cmd.itt, cmd.lun, cmd.expected_len, &v);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             Action::Status(st, sense) => {
@@ -1079,7 +1127,7 @@ impl IscsiConn {
                     task.reject_with = Some((st, sense, residual, rc));
                 } else {
                     self.send_status(out, cmd.itt, st, sense, residual, rc);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             Action::Read { lba, blocks } => {
@@ -1138,12 +1186,12 @@ impl IscsiConn {
         // The unsolicited region: immediate data, then (InitialR2T=No)
         // Data-Out PDUs up to FirstBurstLength.
         task.unsol_end = if self.neg.initial_r2t {
-            u32_len(data.len())
+            u32_len(dlen)
         } else {
             cmd.expected_len.min(self.neg.first_burst_length)
         };
         if !task.unsol_open {
-            task.unsol_end = u32_len(data.len());
+            task.unsol_end = u32_len(dlen);
         }
         task.next_r2t = task.unsol_end.min(task.want.max(task.unsol_end));
         self.serial = self.serial.wrapping_add(1);
@@ -1151,15 +1199,17 @@ impl IscsiConn {
         let itt = task.itt;
         let slot = self.alloc_task(task);
         self.by_itt.insert(itt, slot);
-        if !data.is_empty() {
-            self.take_data(slot, 0, data);
-        }
-        self.advance(slot, out, cx);
-        Ok(())
+        Ok(Some(slot))
     }
 
-    /// Copy data-out at `offset` into the task's buffers.
+    /// Copy data-out at `offset` into the task's buffers and count it.
     fn take_data(&mut self, slot: usize, offset: u32, data: &[u8]) {
+        self.copy_data(slot, offset, data);
+        self.data_arrived(slot, offset, data.len());
+    }
+
+    /// Copy data-out at `offset` into the task's buffers (not counted yet).
+    fn copy_data(&mut self, slot: usize, offset: u32, data: &[u8]) {
         let pool = self.pool.as_ref();
         let Some(t) = self.tasks[slot].as_mut() else {
             return;
@@ -1182,9 +1232,20 @@ impl IscsiConn {
             off += n;
             src = &src[n..];
         }
+    }
+
+    /// Count `len` bytes of data-out at `offset`, in the task's buffers
+    /// now, and stream the chunks they filled to the engine.
+    fn data_arrived(&mut self, slot: usize, offset: u32, len: usize) {
+        let Some(t) = self.tasks[slot].as_mut() else {
+            return;
+        };
+        if t.want == 0 || t.reject_with.is_some() {
+            return;
+        }
         let want = t.want as usize;
         let start = (offset as usize).min(want);
-        let end = (offset as usize + data.len()).min(want);
+        let end = (offset as usize + len).min(want);
         t.got = t.got.saturating_add(u32_len(end - start));
         // Stream full chunks of a plain write to the engine as they fill,
         // so a large write never holds more than the data in flight.
@@ -1303,14 +1364,31 @@ impl IscsiConn {
         out: &mut OutQueue,
         cx: &mut Context,
     ) -> Result<(), Close> {
+        if let Some(slot) = self.data_out_head(d, raw_bhs, data.len(), out)? {
+            self.take_data(slot, d.buffer_offset, data);
+            self.advance(slot, out, cx);
+        }
+        Ok(())
+    }
+
+    /// The header part of a Data-Out PDU with `dlen` bytes of data: checks
+    /// and R2T bookkeeping. Returns the task that takes the data and moves
+    /// on once it is in (`None`: the data is dropped).
+    fn data_out_head(
+        &mut self,
+        d: &DataOut,
+        raw_bhs: &RawBhs,
+        dlen: usize,
+        out: &mut OutQueue,
+    ) -> Result<Option<usize>, Close> {
         let Some(&slot) = self.by_itt.get(&d.itt) else {
             // A task we answered already (or never knew): drop the data.
-            return Ok(());
+            return Ok(None);
         };
         let Some(t) = self.tasks[slot].as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
-        let end = d.buffer_offset.checked_add(u32_len(data.len()));
+        let end = d.buffer_offset.checked_add(u32_len(dlen));
         if end.is_none_or(|e| e > t.edtl) {
             return Err(self.protocol_error(out, raw_bhs, "Data-Out past the expected length"));
         }
@@ -1348,9 +1426,7 @@ impl IscsiConn {
                 let _ = ttt;
             }
         }
-        self.take_data(slot, d.buffer_offset, data);
-        self.advance(slot, out, cx);
-        Ok(())
+        Ok(Some(slot))
     }
 
     fn submit(&mut self, slot: usize, op: Op) {
@@ -2299,6 +2375,131 @@ impl IscsiConn {
     }
 }
 
+impl IscsiConn {
+    /// Handle the header of a SCSI Command or Data-Out whose data has not
+    /// all arrived (`have`: the bytes after the header that did) and take
+    /// the data as it comes. Returns the input consumed.
+    #[allow(clippy::too_many_arguments)]
+    fn start_rx(
+        &mut self,
+        raw: &RawBhs,
+        pdu: Pdu,
+        ahs: &[u8],
+        head: usize,
+        have: &[u8],
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<usize, Close> {
+        let len = raw.data_len();
+        let (slot, first) = match pdu {
+            Pdu::ScsiCommand(c) => (self.command_head(&c, raw, ahs, len, out)?, 0),
+            Pdu::DataOut(d) => (self.data_out_head(&d, raw, len, out)?, d.buffer_offset),
+            _ => return Err(Close::Now),
+        };
+        let task = slot.and_then(|i| self.tasks[i].as_ref().map(|t| (i, t.serial)));
+        self.rx = Some(RxData {
+            task,
+            first,
+            done: 0,
+            len,
+            tail: padded_len(len) - len + if self.dd { 4 } else { 0 },
+            crc: 0,
+            bhs: *raw,
+        });
+        let n = have.len().min(len);
+        self.rx_copy(&have[..n], out, cx)?;
+        Ok(head + n)
+    }
+
+    /// The task receiving the data, if it is still the same task.
+    fn rx_task(&self) -> Option<usize> {
+        let (slot, serial) = self.rx.as_ref()?.task?;
+        let t = self.tasks.get(slot)?.as_ref()?;
+        (t.serial == serial).then_some(slot)
+    }
+
+    /// Data bytes of the PDU being received, from the input.
+    fn rx_copy(&mut self, data: &[u8], out: &mut OutQueue, cx: &mut Context) -> Result<(), Close> {
+        let slot = self.rx_task();
+        let dd = self.dd;
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(());
+        };
+        if dd {
+            rx.crc = crc32c_continue(rx.crc, data);
+        }
+        let at = rx.first.saturating_add(u32_len(rx.done));
+        rx.done += data.len();
+        if let Some(slot) = slot {
+            self.copy_data(slot, at, data);
+        }
+        self.rx_progress(out, cx)
+    }
+
+    /// Finish the PDU once its data is in and nothing follows it.
+    fn rx_progress(&mut self, out: &mut OutQueue, cx: &mut Context) -> Result<(), Close> {
+        match &self.rx {
+            Some(rx) if rx.done == rx.len && rx.tail == 0 => self.rx_finish(&[], out, cx),
+            _ => Ok(()),
+        }
+    }
+
+    /// Input while a PDU's data is being received: its data (when the
+    /// socket I/O did not put it in place), then its padding and digest.
+    fn rx_input(
+        &mut self,
+        input: &[u8],
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<usize, Close> {
+        let Some(rx) = &self.rx else {
+            return Ok(0);
+        };
+        self.last_rx = cx.now();
+        let left = rx.len - rx.done;
+        if left > 0 {
+            let n = left.min(input.len());
+            self.rx_copy(&input[..n], out, cx)?;
+            return Ok(n);
+        }
+        let tail = rx.tail;
+        if input.len() < tail {
+            return Ok(0);
+        }
+        self.rx_finish(&input[..tail], out, cx)?;
+        Ok(tail)
+    }
+
+    /// The whole data segment is in (`tail`: its padding and digest):
+    /// check the digest, count the data, move the task on.
+    fn rx_finish(
+        &mut self,
+        tail: &[u8],
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<(), Close> {
+        let slot = self.rx_task();
+        let Some(rx) = self.rx.take() else {
+            return Ok(());
+        };
+        if self.dd && rx.len > 0 {
+            let pad = rx.tail - 4;
+            let crc = crc32c_continue(rx.crc, &[0u8; 3][..pad]);
+            let wire = [tail[pad], tail[pad + 1], tail[pad + 2], tail[pad + 3]];
+            if crc != from_wire(wire) {
+                // ERL 0: reject and end the session.
+                self.send_reject(out, reject::DATA_DIGEST, &rx.bhs);
+                return Err(Close::AfterFlush);
+            }
+        }
+        if let Some(slot) = slot {
+            self.data_arrived(slot, rx.first, rx.len);
+            self.advance(slot, out, cx);
+        }
+        Ok(())
+    }
+}
+
 fn verify_data_digest(data: &[u8], pad: usize, wire: [u8; 4]) -> bool {
     crc32c_parts(&[data, &[0u8; 3][..pad]]) == from_wire(wire)
 }
@@ -2310,6 +2511,9 @@ impl Protocol for IscsiConn {
         out: &mut OutQueue,
         cx: &mut Context,
     ) -> Result<usize, Close> {
+        if self.rx.is_some() {
+            return self.rx_input(input, out, cx);
+        }
         if input.len() < BHS_LEN {
             return Ok(0);
         }
@@ -2335,11 +2539,19 @@ impl Protocol for IscsiConn {
         }
         let body = keel_pdu::iscsi::body_len(&raw, self.hd, self.dd);
         let total = BHS_LEN + body;
-        if input.len() < total {
+        let ahs_len = raw.ahs_len();
+        let head = BHS_LEN + ahs_len + if self.hd { 4 } else { 0 };
+        // A write's data that has not all arrived is taken as it comes,
+        // into the task's buffers, once the header is in.
+        let rx_data = input.len() < total
+            && input.len() >= head
+            && dlen > 0
+            && matches!(self.phase, Phase::Full)
+            && matches!(pdu, Pdu::ScsiCommand(_) | Pdu::DataOut(_));
+        if input.len() < total && !rx_data {
             return Ok(0);
         }
         self.last_rx = cx.now();
-        let ahs_len = raw.ahs_len();
         let mut at = BHS_LEN + ahs_len;
         if self.hd {
             let wire = [input[at], input[at + 1], input[at + 2], input[at + 3]];
@@ -2350,6 +2562,9 @@ impl Protocol for IscsiConn {
             at += 4;
         }
         let ahs = &input[BHS_LEN..BHS_LEN + ahs_len];
+        if rx_data {
+            return self.start_rx(&raw, pdu, ahs, head, &input[head..], out, cx);
+        }
         let data = &input[at..at + dlen];
         let pad = padded_len(dlen) - dlen;
         if self.dd && dlen > 0 {
@@ -2364,6 +2579,61 @@ impl Protocol for IscsiConn {
         let _ = reject::INVALID_PDU_FIELD;
         self.dispatch(&raw, pdu, ahs, data, out, cx)?;
         Ok(total)
+    }
+
+    fn direct_target(&mut self) -> Option<(&mut Vec<u8>, usize)> {
+        let rx = self.rx.as_ref()?;
+        let left = rx.len - rx.done;
+        let at = rx.first as usize + rx.done;
+        let (slot, serial) = rx.task?;
+        if left == 0 {
+            return None;
+        }
+        let t = self.tasks.get_mut(slot)?.as_mut()?;
+        let want = t.want as usize;
+        if t.serial != serial || t.reject_with.is_some() || at >= want {
+            return None;
+        }
+        let c = at / CHUNK;
+        let within = at % CHUNK;
+        let size = CHUNK.min(want - c * CHUNK);
+        let buf = &mut t.data[c];
+        if buf.capacity() == 0 {
+            *buf = buffer_pool::take(self.pool.as_ref(), size);
+        }
+        // In order only: a gap or a retransmission goes through the copy.
+        if buf.len() != within {
+            return None;
+        }
+        Some((buf, left.min(size - within)))
+    }
+
+    fn on_direct(
+        &mut self,
+        n: usize,
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<usize, Close> {
+        let slot = self.rx_task();
+        let dd = self.dd;
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(0);
+        };
+        if dd {
+            // The bytes just received end the chunk buffer they went to.
+            let at = rx.first as usize + rx.done;
+            let b = slot
+                .and_then(|i| self.tasks[i].as_ref())
+                .map(|t| &t.data[at / CHUNK]);
+            if let Some(b) = b {
+                let within = at % CHUNK;
+                rx.crc = crc32c_continue(rx.crc, &b[within..within + n]);
+            }
+        }
+        rx.done += n;
+        self.last_rx = cx.now();
+        self.rx_progress(out, cx)?;
+        Ok(1)
     }
 
     fn poll(&mut self, out: &mut OutQueue, cx: &mut Context) -> Result<usize, Close> {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_blockvol::{Completion, ErrorKind, Handle, Op, SleepCheck};
-use keel_pdu::iscsi::digest::{crc32c, from_wire, to_wire};
+use keel_pdu::iscsi::digest::{crc32c, crc32c_continue, from_wire, to_wire};
 use keel_pdu::nvme::{
     fes, parse_header, Cqe, DataPdu, PduType, Sqe, Status, TcpPdu, CH_LEN, DATA_HLEN, FLAG_DDGST,
     FLAG_HDGST, FLAG_LAST_PDU, FLAG_SUCCESS, IC_LEN,
@@ -138,6 +138,27 @@ enum Phase {
     Closed,
 }
 
+/// The data of an H2CData PDU whose header was handled before all of its
+/// data had arrived. The data goes into the command's buffers as it comes:
+/// straight from the socket where the socket I/O allows
+/// ([`Protocol::direct_target`]), else copied from the input. It counts,
+/// and the command moves on, once the whole PDU (and its digest) is in.
+#[derive(Debug)]
+struct RxData {
+    /// The command's task.
+    slot: usize,
+    /// Offset of this PDU's first data byte in the command's data.
+    first: usize,
+    /// Data bytes received so far.
+    done: usize,
+    /// Data bytes in all.
+    len: usize,
+    /// Data digest bytes after the data (0 or 4).
+    tail: usize,
+    /// Data digest of the bytes received so far.
+    crc: u32,
+}
+
 /// An NVMe/TCP connection on a reactor.
 pub struct NvmeConn {
     target: Arc<NvmfTarget>,
@@ -169,6 +190,8 @@ pub struct NvmeConn {
     /// Wake-up for a write parked by the engine's admission control.
     retry_due: keel_reactor::WakeBy,
     started: Instant,
+    /// Data of an H2CData PDU whose header is handled, still arriving.
+    rx: Option<RxData>,
 }
 
 impl std::fmt::Debug for NvmeConn {
@@ -221,6 +244,7 @@ impl NvmeConn {
             timer_armed: Rc::new(Cell::new(false)),
             retry_due: keel_reactor::WakeBy::default(),
             started: Instant::now(),
+            rx: None,
         }
     }
 
@@ -1117,23 +1141,37 @@ impl NvmeConn {
     }
 
     fn take_data(&mut self, slot: usize, offset: usize, data: &[u8]) {
+        self.copy_data(slot, offset, data);
+        if let Some(t) = self.tasks[slot].as_mut() {
+            t.got = t.got.max(offset + data.len()).min(t.want);
+        }
+    }
+
+    /// Where byte `off` of a task's data goes: buffer index, offset in it,
+    /// and the buffer's size (a write's data in `CHUNK`s; other data in
+    /// one buffer).
+    fn place_of(t: &Task, off: usize) -> (usize, usize, usize) {
+        if matches!(t.work, Work::Write { .. }) {
+            (
+                off / CHUNK,
+                off % CHUNK,
+                CHUNK.min(t.want - (off / CHUNK) * CHUNK),
+            )
+        } else {
+            (0, off, t.want)
+        }
+    }
+
+    /// Copy data at `offset` into the task's buffers (not counted).
+    fn copy_data(&mut self, slot: usize, offset: usize, data: &[u8]) {
         let pool = self.pool.as_ref();
         let Some(t) = self.tasks[slot].as_mut() else {
             return;
         };
-        let single = !matches!(t.work, Work::Write { .. });
         let mut off = offset;
         let mut src = data;
         while !src.is_empty() && off < t.want {
-            let (c, within, cap) = if single {
-                (0, off, t.want)
-            } else {
-                (
-                    off / CHUNK,
-                    off % CHUNK,
-                    CHUNK.min(t.want - (off / CHUNK) * CHUNK),
-                )
-            };
+            let (c, within, cap) = Self::place_of(t, off);
             let buf = &mut t.data[c];
             if buf.capacity() == 0 {
                 *buf = buffer_pool::take(pool, cap);
@@ -1143,7 +1181,6 @@ impl NvmeConn {
             off += n;
             src = &src[n..];
         }
-        t.got = t.got.max(offset + data.len()).min(t.want);
     }
 
     fn on_h2c(
@@ -1153,6 +1190,15 @@ impl NvmeConn {
         out: &mut OutQueue,
         cx: &mut Context,
     ) -> Result<(), Close> {
+        let slot = self.h2c_head(d, data.len(), out)?;
+        self.take_data(slot, d.offset.get() as usize, data);
+        self.h2c_done(slot, out, cx);
+        Ok(())
+    }
+
+    /// The header part of an H2CData PDU with `len` bytes of data: the
+    /// checks. Returns the task the data is for.
+    fn h2c_head(&mut self, d: &DataPdu, len: usize, out: &mut OutQueue) -> Result<usize, Close> {
         let Some(&slot) = self.by_ttag.get(&d.ttag.get()) else {
             return Err(self.term(
                 out,
@@ -1168,10 +1214,10 @@ impl NvmeConn {
         if d.cccid.get() != t.sqe.cid.get() {
             return Err(self.term(out, fes::INVALID_HEADER_FIELD, 8, "H2CData CCCID mismatch"));
         }
-        if off != t.got || off + data.len() > t.want || d.length.get() as usize != data.len() {
+        if off != t.got || off + len > t.want || d.length.get() as usize != len {
             return Err(self.term(out, fes::DATA_OUT_OF_RANGE, 0, "H2CData outside the R2T"));
         }
-        if data.len() > self.target.portal().max_h2c_data as usize {
+        if len > self.target.portal().max_h2c_data as usize {
             return Err(self.term(
                 out,
                 fes::DATA_LIMIT_EXCEEDED,
@@ -1179,7 +1225,12 @@ impl NvmeConn {
                 "H2CData beyond MAXH2CDATA",
             ));
         }
-        self.take_data(slot, off, data);
+        Ok(slot)
+    }
+
+    /// An H2CData PDU's data is in and counted: start the command once it
+    /// has all of its data.
+    fn h2c_done(&mut self, slot: usize, out: &mut OutQueue, cx: &mut Context) {
         let done = self.tasks[slot].as_ref().is_some_and(|t| t.got == t.want);
         if done {
             if let Some(t) = self.tasks[slot].as_mut() {
@@ -1198,12 +1249,107 @@ impl NvmeConn {
                     .map(|t| t.data.concat())
                     .unwrap_or_default();
                 let Some(t) = self.release(slot) else {
-                    return Ok(());
+                    return;
                 };
                 self.connect(&t.sqe, &d, out, cx);
-                return Ok(());
+                return;
             }
             self.start(slot, out);
+        }
+    }
+
+    /// Handle the header of an H2CData PDU whose data has not all arrived
+    /// (`have`: the bytes from its data offset on that did) and take the
+    /// data as it comes. Returns the input consumed.
+    fn start_rx(
+        &mut self,
+        d: &DataPdu,
+        pdo: usize,
+        len: usize,
+        have: &[u8],
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<usize, Close> {
+        let slot = self.h2c_head(d, len, out)?;
+        self.rx = Some(RxData {
+            slot,
+            first: d.offset.get() as usize,
+            done: 0,
+            len,
+            tail: if self.dd { 4 } else { 0 },
+            crc: 0,
+        });
+        let n = have.len().min(len);
+        self.rx_copy(&have[..n], out, cx)?;
+        Ok(pdo + n)
+    }
+
+    /// Data bytes of the PDU being received, from the input.
+    fn rx_copy(&mut self, data: &[u8], out: &mut OutQueue, cx: &mut Context) -> Result<(), Close> {
+        let dd = self.dd;
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(());
+        };
+        if dd {
+            rx.crc = crc32c_continue(rx.crc, data);
+        }
+        let (slot, at) = (rx.slot, rx.first + rx.done);
+        rx.done += data.len();
+        self.copy_data(slot, at, data);
+        self.rx_progress(out, cx)
+    }
+
+    /// Finish the PDU once its data is in and no digest follows.
+    fn rx_progress(&mut self, out: &mut OutQueue, cx: &mut Context) -> Result<(), Close> {
+        match &self.rx {
+            Some(rx) if rx.done == rx.len && rx.tail == 0 => self.rx_finish(&[], out, cx),
+            _ => Ok(()),
+        }
+    }
+
+    /// Input while a PDU's data is being received: its data (when the
+    /// socket I/O did not put it in place), then its data digest.
+    fn rx_input(
+        &mut self,
+        input: &[u8],
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<usize, Close> {
+        let Some(rx) = &self.rx else {
+            return Ok(0);
+        };
+        let left = rx.len - rx.done;
+        if left > 0 {
+            let n = left.min(input.len());
+            self.rx_copy(&input[..n], out, cx)?;
+            return Ok(n);
+        }
+        let tail = rx.tail;
+        if input.len() < tail {
+            return Ok(0);
+        }
+        self.rx_finish(&input[..tail], out, cx)?;
+        Ok(tail)
+    }
+
+    /// The whole data is in (`tail`: its digest): check the digest, count
+    /// the data, move the command on.
+    fn rx_finish(
+        &mut self,
+        tail: &[u8],
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<(), Close> {
+        let Some(rx) = self.rx.take() else {
+            return Ok(());
+        };
+        if rx.tail == 4 && from_wire([tail[0], tail[1], tail[2], tail[3]]) != rx.crc {
+            // A transport error: the command fails with the connection.
+            return Err(self.term(out, fes::HEADER_DIGEST_ERROR, 0, "data digest"));
+        }
+        if let Some(t) = self.tasks[rx.slot].as_mut() {
+            t.got = t.got.max(rx.first + rx.len).min(t.want);
+            self.h2c_done(rx.slot, out, cx);
         }
         Ok(())
     }
@@ -1412,6 +1558,9 @@ impl Protocol for NvmeConn {
         out: &mut OutQueue,
         cx: &mut Context,
     ) -> Result<usize, Close> {
+        if self.rx.is_some() {
+            return self.rx_input(input, out, cx);
+        }
         if input.len() < CH_LEN {
             return Ok(0);
         }
@@ -1437,11 +1586,29 @@ impl Protocol for NvmeConn {
                 return Err(self.term(out, f, fei, "invalid PDU header"));
             }
         };
-        if input.len() < plen {
-            return Ok(0);
-        }
         let hlen = usize::from(input[2]);
         let pdo = usize::from(input[3]);
+        if input.len() < plen {
+            // Host data that has not all arrived is taken as it comes, into
+            // the command's buffers, once the header is in.
+            let TcpPdu::H2cData(d) = &pdu else {
+                return Ok(0);
+            };
+            let data_end = if self.dd {
+                plen.saturating_sub(4)
+            } else {
+                plen
+            };
+            let head = hlen + if self.hd { 4 } else { 0 };
+            if self.phase != Phase::Ready || pdo < head || pdo >= data_end || input.len() < pdo {
+                return Ok(0);
+            }
+            if let Err((f, why)) = self.verify_digests(input, hlen, 0, 0) {
+                return Err(self.term(out, f, 0, why));
+            }
+            let d = *d;
+            return self.start_rx(&d, pdo, data_end - pdo, &input[pdo..], out, cx);
+        }
         if self.phase == Phase::WaitIcReq {
             return match pdu {
                 TcpPdu::IcReq(ic) => {
@@ -1501,6 +1668,52 @@ impl Protocol for NvmeConn {
             }
         }
         Ok(plen)
+    }
+
+    fn direct_target(&mut self) -> Option<(&mut Vec<u8>, usize)> {
+        let rx = self.rx.as_ref()?;
+        let left = rx.len - rx.done;
+        let at = rx.first + rx.done;
+        if left == 0 {
+            return None;
+        }
+        let t = self.tasks.get_mut(rx.slot)?.as_mut()?;
+        if at >= t.want {
+            return None;
+        }
+        let (c, within, size) = Self::place_of(t, at);
+        let buf = &mut t.data[c];
+        if buf.capacity() == 0 {
+            *buf = buffer_pool::take(self.pool.as_ref(), size);
+        }
+        // In order only; anything else goes through the copy.
+        if buf.len() != within {
+            return None;
+        }
+        Some((buf, left.min(size - within)))
+    }
+
+    fn on_direct(
+        &mut self,
+        n: usize,
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<usize, Close> {
+        let dd = self.dd;
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(0);
+        };
+        if dd {
+            // The bytes just received end the buffer they went to.
+            let at = rx.first + rx.done;
+            if let Some(t) = self.tasks[rx.slot].as_ref() {
+                let (c, within, _) = Self::place_of(t, at);
+                rx.crc = crc32c_continue(rx.crc, &t.data[c][within..within + n]);
+            }
+        }
+        rx.done += n;
+        self.rx_progress(out, cx)?;
+        Ok(1)
     }
 
     fn poll(&mut self, out: &mut OutQueue, cx: &mut Context) -> Result<usize, Close> {

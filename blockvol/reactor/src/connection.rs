@@ -72,6 +72,30 @@ pub trait Protocol {
         Ok(0)
     }
 
+    /// A buffer of the protocol's own that the next bytes of the stream
+    /// belong in, and how many of them at most: the rest of a write's data
+    /// after its header, into the pool buffer the engine will write from.
+    /// Asked only when every received byte was consumed. Where the socket
+    /// I/O can ([`SocketIo::DIRECT_RECV`]), the connection receives those
+    /// bytes straight into the buffer, one copy fewer, and reports them
+    /// with [`Protocol::on_direct`]; otherwise they arrive through
+    /// [`Protocol::on_input`] as usual, which must accept them there too.
+    fn direct_target(&mut self) -> Option<(&mut Vec<u8>, usize)> {
+        None
+    }
+
+    /// `n` bytes (at most the count [`Protocol::direct_target`] gave) were
+    /// appended to its buffer; returns work done.
+    fn on_direct(
+        &mut self,
+        n: usize,
+        out: &mut OutQueue,
+        cx: &mut Context,
+    ) -> Result<usize, Close> {
+        let _ = (n, out, cx);
+        Ok(0)
+    }
+
     /// Whether requests are still in flight (a half-closed connection waits
     /// for them before it closes).
     fn in_flight(&self) -> bool {
@@ -490,23 +514,62 @@ impl<P: Protocol, S: SocketIo> Poller for Connection<P, S> {
         }
 
         let mut reads = 0;
+        // Fairness between connections, in quarters of a receive: a
+        // receive straight into the protocol's buffer (one PDU's data at
+        // most) costs a quarter, so a connection streaming large writes
+        // still hands the engine a burst of them per poll, as one receive
+        // into the (then larger) input buffer did.
+        let mut budget = self.cfg.reads_per_poll * 4;
         while !self.read_closed
             && !self.closing
             && !self.paused
-            && reads < self.cfg.reads_per_poll
+            && budget > 0
             && self.sock.may_recv()
         {
             if !self.make_room() {
                 return self.close(CloseReason::InputTooLarge, cx);
             }
             reads += 1;
-            match self.sock.recv(&mut self.input) {
+            let mut direct = 0;
+            // The protocol's own buffer for the next bytes, when the socket
+            // I/O can receive into it and no received input waits to be
+            // parsed (then the next bytes on the wire are the ones it wants).
+            let target = if S::DIRECT_RECV && self.start == self.input.len() {
+                self.proto
+                    .direct_target()
+                    .map(|(buf, max)| {
+                        let max = max.min(buf.capacity() - buf.len());
+                        (buf, max)
+                    })
+                    .filter(|&(_, max)| max > 0)
+            } else {
+                None
+            };
+            let got = match target {
+                Some((buf, max)) => {
+                    let r = self.sock.recv_direct(buf, max, &mut self.input);
+                    if let Ok(n) = r {
+                        direct = n.min(max);
+                    }
+                    r
+                }
+                None => self.sock.recv(&mut self.input),
+            };
+            budget = budget.saturating_sub(if direct > 0 { 1 } else { 4 });
+            match got {
                 Ok(0) => {
                     self.read_closed = true;
                     work += 1;
                 }
                 Ok(_) => {
                     work += 1;
+                    if direct > 0 {
+                        match self.proto.on_direct(direct, &mut self.out, cx) {
+                            Ok(n) => work += n,
+                            Err(Close::Now) => return self.close(CloseReason::Protocol, cx),
+                            Err(Close::AfterFlush) => self.closing = true,
+                        }
+                    }
                     match self.parse(cx) {
                         Ok(n) => work += n,
                         Err(Close::Now) => return self.close(CloseReason::Protocol, cx),

@@ -128,6 +128,27 @@ pub trait SocketIo {
     /// `WouldBlock` when nothing is there (readiness is then forgotten).
     fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
 
+    /// Whether [`SocketIo::recv_direct`] works: the backend receives into
+    /// memory the caller names at the time of the call (a readiness
+    /// backend). A completion backend has already received into its own
+    /// buffers by then and says `false`.
+    const DIRECT_RECV: bool = false;
+
+    /// Receive in one call: up to `max` bytes appended to `direct` (a buffer
+    /// the protocol owns, such as a write's pool buffer; `max` is at most
+    /// its spare capacity), then more into the spare capacity of `buf`.
+    /// Returns the bytes received in all; the first `min(n, max)` went to
+    /// `direct`. `Ok(0)` is EOF, `WouldBlock` as for [`SocketIo::recv`].
+    fn recv_direct(
+        &mut self,
+        direct: &mut Vec<u8>,
+        max: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<usize> {
+        let _ = (direct, max, buf);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Send as much of `bufs` as the socket takes, in one call. Never raises
     /// `SIGPIPE`. `WouldBlock` when the send buffer is full.
     fn send(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;

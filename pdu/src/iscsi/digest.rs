@@ -14,6 +14,12 @@ pub fn crc32c_parts(parts: &[&[u8]]) -> u32 {
     parts.iter().fold(0, |c, p| crc32c::crc32c_append(c, p))
 }
 
+/// `crc` (the digest of what came before) continued over `data`: a digest
+/// computed piece by piece as data arrives.
+pub fn crc32c_continue(crc: u32, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, data)
+}
+
 /// The wire bytes of a digest.
 pub fn to_wire(crc: u32) -> [u8; 4] {
     crc.to_le_bytes()
