@@ -17,3 +17,4 @@
 pub mod iscsi;
 pub mod nvme;
 pub mod scsi;
+pub mod segment;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_blockvol::{Completion, Error as EngineError, Handle, Op, SleepCheck};
-use keel_pdu::iscsi::digest::{crc32c, crc32c_continue, crc32c_parts, from_wire, to_wire};
+use keel_pdu::iscsi::digest::{crc32c, crc32c_parts, from_wire, to_wire};
 use keel_pdu::iscsi::text::{parse_pairs, push_pair};
 use keel_pdu::iscsi::{
     padded_len, DataIn, DataOut, Login, LogoutRequest, LogoutResponse, Nop, Pdu, R2t, RawBhs,
@@ -28,6 +28,7 @@ use keel_pdu::iscsi::{
 };
 use keel_pdu::scsi::sense::{asc, key, Sense};
 use keel_pdu::scsi::{parse_cdb, status, Cdb};
+use keel_pdu::segment::{Next, SegmentRx};
 use keel_reactor::{
     buffer_pool, BufferPool, Close, CloseReason, Context, Interest, OutQueue, Protocol,
     Registration,
@@ -202,14 +203,8 @@ struct RxData {
     task: Option<(usize, u32)>,
     /// Buffer offset of this PDU's first data byte.
     first: u32,
-    /// Data bytes received so far.
-    done: usize,
-    /// Data bytes in all.
-    len: usize,
-    /// Padding and data digest after the data.
-    tail: usize,
-    /// Data digest of the bytes received so far (data digests on).
-    crc: u32,
+    /// The data segment: what has come, what is still to come.
+    seg: SegmentRx,
     /// The header, for a reject.
     bhs: RawBhs,
 }
@@ -2400,10 +2395,7 @@ impl IscsiConn {
         self.rx = Some(RxData {
             task,
             first,
-            done: 0,
-            len,
-            tail: padded_len(len) - len + if self.dd { 4 } else { 0 },
-            crc: 0,
+            seg: SegmentRx::new(len, padded_len(len) - len, self.dd),
             bhs: *raw,
         });
         let n = have.len().min(len);
@@ -2418,18 +2410,19 @@ impl IscsiConn {
         (t.serial == serial).then_some(slot)
     }
 
+    /// Buffer offset of the next data byte of the PDU being received.
+    fn rx_at(rx: &RxData) -> u32 {
+        rx.first.saturating_add(u32_len(rx.seg.done()))
+    }
+
     /// Data bytes of the PDU being received, from the input.
     fn rx_copy(&mut self, data: &[u8], out: &mut OutQueue, cx: &mut Context) -> Result<(), Close> {
         let slot = self.rx_task();
-        let dd = self.dd;
         let Some(rx) = self.rx.as_mut() else {
             return Ok(());
         };
-        if dd {
-            rx.crc = crc32c_continue(rx.crc, data);
-        }
-        let at = rx.first.saturating_add(u32_len(rx.done));
-        rx.done += data.len();
+        let at = Self::rx_at(rx);
+        rx.seg.arrived(data);
         if let Some(slot) = slot {
             self.copy_data(slot, at, data);
         }
@@ -2439,7 +2432,7 @@ impl IscsiConn {
     /// Finish the PDU once its data is in and nothing follows it.
     fn rx_progress(&mut self, out: &mut OutQueue, cx: &mut Context) -> Result<(), Close> {
         match &self.rx {
-            Some(rx) if rx.done == rx.len && rx.tail == 0 => self.rx_finish(&[], out, cx),
+            Some(rx) if rx.seg.complete_without_tail() => self.rx_finish(&[], out, cx),
             _ => Ok(()),
         }
     }
@@ -2456,18 +2449,11 @@ impl IscsiConn {
             return Ok(0);
         };
         self.last_rx = cx.now();
-        let left = rx.len - rx.done;
-        if left > 0 {
-            let n = left.min(input.len());
-            self.rx_copy(&input[..n], out, cx)?;
-            return Ok(n);
+        match rx.seg.next(input.len()) {
+            Next::Data(n) => self.rx_copy(&input[..n], out, cx).map(|()| n),
+            Next::Wait => Ok(0),
+            Next::Tail(n) => self.rx_finish(&input[..n], out, cx).map(|()| n),
         }
-        let tail = rx.tail;
-        if input.len() < tail {
-            return Ok(0);
-        }
-        self.rx_finish(&input[..tail], out, cx)?;
-        Ok(tail)
     }
 
     /// The whole data segment is in (`tail`: its padding and digest):
@@ -2482,18 +2468,13 @@ impl IscsiConn {
         let Some(rx) = self.rx.take() else {
             return Ok(());
         };
-        if self.dd && rx.len > 0 {
-            let pad = rx.tail - 4;
-            let crc = crc32c_continue(rx.crc, &[0u8; 3][..pad]);
-            let wire = [tail[pad], tail[pad + 1], tail[pad + 2], tail[pad + 3]];
-            if crc != from_wire(wire) {
-                // ERL 0: reject and end the session.
-                self.send_reject(out, reject::DATA_DIGEST, &rx.bhs);
-                return Err(Close::AfterFlush);
-            }
+        if !rx.seg.tail_ok(tail) {
+            // ERL 0: reject and end the session.
+            self.send_reject(out, reject::DATA_DIGEST, &rx.bhs);
+            return Err(Close::AfterFlush);
         }
         if let Some(slot) = slot {
-            self.data_arrived(slot, rx.first, rx.len);
+            self.data_arrived(slot, rx.first, rx.seg.len());
             self.advance(slot, out, cx);
         }
         Ok(())
@@ -2583,8 +2564,7 @@ impl Protocol for IscsiConn {
 
     fn direct_target(&mut self) -> Option<(&mut Vec<u8>, usize)> {
         let rx = self.rx.as_ref()?;
-        let left = rx.len - rx.done;
-        let at = rx.first as usize + rx.done;
+        let (left, at) = (rx.seg.left(), Self::rx_at(rx) as usize);
         let (slot, serial) = rx.task?;
         if left == 0 {
             return None;
@@ -2595,17 +2575,8 @@ impl Protocol for IscsiConn {
             return None;
         }
         let c = at / CHUNK;
-        let within = at % CHUNK;
         let size = CHUNK.min(want - c * CHUNK);
-        let buf = &mut t.data[c];
-        if buf.capacity() == 0 {
-            *buf = buffer_pool::take(self.pool.as_ref(), size);
-        }
-        // In order only: a gap or a retransmission goes through the copy.
-        if buf.len() != within {
-            return None;
-        }
-        Some((buf, left.min(size - within)))
+        buffer_pool::room_at(self.pool.as_ref(), &mut t.data[c], size, at % CHUNK, left)
     }
 
     fn on_direct(
@@ -2614,23 +2585,17 @@ impl Protocol for IscsiConn {
         out: &mut OutQueue,
         cx: &mut Context,
     ) -> Result<usize, Close> {
+        // The bytes just received end the chunk buffer they went to.
         let slot = self.rx_task();
-        let dd = self.dd;
         let Some(rx) = self.rx.as_mut() else {
             return Ok(0);
         };
-        if dd {
-            // The bytes just received end the chunk buffer they went to.
-            let at = rx.first as usize + rx.done;
-            let b = slot
-                .and_then(|i| self.tasks[i].as_ref())
-                .map(|t| &t.data[at / CHUNK]);
-            if let Some(b) = b {
-                let within = at % CHUNK;
-                rx.crc = crc32c_continue(rx.crc, &b[within..within + n]);
-            }
+        let at = Self::rx_at(rx) as usize;
+        let (c, within) = (at / CHUNK, at % CHUNK);
+        match slot.and_then(|i| self.tasks[i].as_ref()) {
+            Some(t) => rx.seg.arrived(&t.data[c][within..within + n]),
+            None => return Err(Close::Now),
         }
-        rx.done += n;
         self.last_rx = cx.now();
         self.rx_progress(out, cx)?;
         Ok(1)

@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_blockvol::{Completion, ErrorKind, Handle, Op, SleepCheck};
-use keel_pdu::iscsi::digest::{crc32c, crc32c_continue, from_wire, to_wire};
+use keel_pdu::iscsi::digest::{crc32c, from_wire, to_wire};
 use keel_pdu::nvme::{
     fes, parse_header, Cqe, DataPdu, PduType, Sqe, Status, TcpPdu, CH_LEN, DATA_HLEN, FLAG_DDGST,
     FLAG_HDGST, FLAG_LAST_PDU, FLAG_SUCCESS, IC_LEN,
 };
+use keel_pdu::segment::{Next, SegmentRx};
 use keel_reactor::{
     buffer_pool, BufferPool, Close, CloseReason, Context, Interest, OutQueue, Protocol,
     Registration,
@@ -149,14 +150,8 @@ struct RxData {
     slot: usize,
     /// Offset of this PDU's first data byte in the command's data.
     first: usize,
-    /// Data bytes received so far.
-    done: usize,
-    /// Data bytes in all.
-    len: usize,
-    /// Data digest bytes after the data (0 or 4).
-    tail: usize,
-    /// Data digest of the bytes received so far.
-    crc: u32,
+    /// The data: what has come, what is still to come.
+    seg: SegmentRx,
 }
 
 /// An NVMe/TCP connection on a reactor.
@@ -1274,10 +1269,7 @@ impl NvmeConn {
         self.rx = Some(RxData {
             slot,
             first: d.offset.get() as usize,
-            done: 0,
-            len,
-            tail: if self.dd { 4 } else { 0 },
-            crc: 0,
+            seg: SegmentRx::new(len, 0, self.dd),
         });
         let n = have.len().min(len);
         self.rx_copy(&have[..n], out, cx)?;
@@ -1286,25 +1278,20 @@ impl NvmeConn {
 
     /// Data bytes of the PDU being received, from the input.
     fn rx_copy(&mut self, data: &[u8], out: &mut OutQueue, cx: &mut Context) -> Result<(), Close> {
-        let dd = self.dd;
         let Some(rx) = self.rx.as_mut() else {
             return Ok(());
         };
-        if dd {
-            rx.crc = crc32c_continue(rx.crc, data);
-        }
-        let (slot, at) = (rx.slot, rx.first + rx.done);
-        rx.done += data.len();
+        let (slot, at) = (rx.slot, rx.first + rx.seg.done());
+        rx.seg.arrived(data);
         self.copy_data(slot, at, data);
-        self.rx_progress(out, cx)
-    }
-
-    /// Finish the PDU once its data is in and no digest follows.
-    fn rx_progress(&mut self, out: &mut OutQueue, cx: &mut Context) -> Result<(), Close> {
-        match &self.rx {
-            Some(rx) if rx.done == rx.len && rx.tail == 0 => self.rx_finish(&[], out, cx),
-            _ => Ok(()),
+        if self
+            .rx
+            .as_ref()
+            .is_some_and(|rx| rx.seg.complete_without_tail())
+        {
+            self.rx_finish(&[], out, cx)?;
         }
+        Ok(())
     }
 
     /// Input while a PDU's data is being received: its data (when the
@@ -1318,18 +1305,11 @@ impl NvmeConn {
         let Some(rx) = &self.rx else {
             return Ok(0);
         };
-        let left = rx.len - rx.done;
-        if left > 0 {
-            let n = left.min(input.len());
-            self.rx_copy(&input[..n], out, cx)?;
-            return Ok(n);
+        match rx.seg.next(input.len()) {
+            Next::Data(n) => self.rx_copy(&input[..n], out, cx).map(|()| n),
+            Next::Wait => Ok(0),
+            Next::Tail(n) => self.rx_finish(&input[..n], out, cx).map(|()| n),
         }
-        let tail = rx.tail;
-        if input.len() < tail {
-            return Ok(0);
-        }
-        self.rx_finish(&input[..tail], out, cx)?;
-        Ok(tail)
     }
 
     /// The whole data is in (`tail`: its digest): check the digest, count
@@ -1343,12 +1323,12 @@ impl NvmeConn {
         let Some(rx) = self.rx.take() else {
             return Ok(());
         };
-        if rx.tail == 4 && from_wire([tail[0], tail[1], tail[2], tail[3]]) != rx.crc {
+        if !rx.seg.tail_ok(tail) {
             // A transport error: the command fails with the connection.
             return Err(self.term(out, fes::HEADER_DIGEST_ERROR, 0, "data digest"));
         }
         if let Some(t) = self.tasks[rx.slot].as_mut() {
-            t.got = t.got.max(rx.first + rx.len).min(t.want);
+            t.got = t.got.max(rx.first + rx.seg.len()).min(t.want);
             self.h2c_done(rx.slot, out, cx);
         }
         Ok(())
@@ -1672,8 +1652,7 @@ impl Protocol for NvmeConn {
 
     fn direct_target(&mut self) -> Option<(&mut Vec<u8>, usize)> {
         let rx = self.rx.as_ref()?;
-        let left = rx.len - rx.done;
-        let at = rx.first + rx.done;
+        let (left, at) = (rx.seg.left(), rx.first + rx.seg.done());
         if left == 0 {
             return None;
         }
@@ -1682,15 +1661,7 @@ impl Protocol for NvmeConn {
             return None;
         }
         let (c, within, size) = Self::place_of(t, at);
-        let buf = &mut t.data[c];
-        if buf.capacity() == 0 {
-            *buf = buffer_pool::take(self.pool.as_ref(), size);
-        }
-        // In order only; anything else goes through the copy.
-        if buf.len() != within {
-            return None;
-        }
-        Some((buf, left.min(size - within)))
+        buffer_pool::room_at(self.pool.as_ref(), &mut t.data[c], size, within, left)
     }
 
     fn on_direct(
@@ -1699,20 +1670,21 @@ impl Protocol for NvmeConn {
         out: &mut OutQueue,
         cx: &mut Context,
     ) -> Result<usize, Close> {
-        let dd = self.dd;
+        // The bytes just received end the buffer they went to.
         let Some(rx) = self.rx.as_mut() else {
             return Ok(0);
         };
-        if dd {
-            // The bytes just received end the buffer they went to.
-            let at = rx.first + rx.done;
-            if let Some(t) = self.tasks[rx.slot].as_ref() {
+        let at = rx.first + rx.seg.done();
+        match self.tasks[rx.slot].as_ref() {
+            Some(t) => {
                 let (c, within, _) = Self::place_of(t, at);
-                rx.crc = crc32c_continue(rx.crc, &t.data[c][within..within + n]);
+                rx.seg.arrived(&t.data[c][within..within + n]);
             }
+            None => return Err(Close::Now),
         }
-        rx.done += n;
-        self.rx_progress(out, cx)?;
+        if rx.seg.complete_without_tail() {
+            self.rx_finish(&[], out, cx)?;
+        }
         Ok(1)
     }
 

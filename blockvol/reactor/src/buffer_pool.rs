@@ -338,6 +338,27 @@ pub fn give_back(pool: Option<&Arc<BufferPool>>, v: Vec<u8>) {
     }
 }
 
+/// Room for data arriving in order at byte `at` of a data buffer of `size`
+/// bytes (taken from `pool` when it has none yet): the buffer and how many of
+/// the `left` bytes still to come fit in it, for a receive straight into it.
+/// `None` when `at` is not where the data so far ends (a gap or a
+/// retransmission: [`place`] a copy instead).
+pub fn room_at<'a>(
+    pool: Option<&Arc<BufferPool>>,
+    buf: &'a mut Vec<u8>,
+    size: usize,
+    at: usize,
+    left: usize,
+) -> Option<(&'a mut Vec<u8>, usize)> {
+    if buf.capacity() == 0 {
+        *buf = take(pool, size);
+    }
+    (buf.len() == at && at < size).then(|| {
+        let n = left.min(size - at);
+        (buf, n)
+    })
+}
+
 /// Put `src` at byte `at` of `buf` (data arriving for a buffer): appended
 /// when it comes in order, the usual case, so nothing is zeroed first; a gap
 /// is zero-filled, a retransmission overwrites.
@@ -366,6 +387,26 @@ mod tests {
         assert_eq!(b, b"abcde\0\0x");
         place(&mut b, 1, b"ZZ");
         assert_eq!(b, b"aZZde\0\0x");
+    }
+
+    #[test]
+    fn room_at_takes_a_buffer_and_only_appends_in_order() {
+        let p = pool(1 << 20);
+        let mut b = Vec::new();
+        let (buf, n) = room_at(Some(&p), &mut b, 8192, 0, 10_000).unwrap();
+        assert_eq!(n, 8192);
+        buf.extend_from_slice(&[1; 100]);
+        assert!(b.capacity() >= 8192);
+        assert_eq!(
+            room_at(Some(&p), &mut b, 8192, 100, 50).map(|r| r.1),
+            Some(50)
+        );
+        // A gap, a retransmission, a full buffer: no room to receive into.
+        assert!(room_at(Some(&p), &mut b, 8192, 200, 50).is_none());
+        assert!(room_at(Some(&p), &mut b, 8192, 10, 50).is_none());
+        b.resize(8192, 0);
+        assert!(room_at(Some(&p), &mut b, 8192, 8192, 50).is_none());
+        give_back(Some(&p), b);
     }
 
     fn pool(max: usize) -> Arc<BufferPool> {
