@@ -207,6 +207,22 @@ impl ServerProcess {
         out
     }
 
+    /// The sum of the /metrics samples of `name` whose labels contain
+    /// `label` (e.g. `into="pool_buffer"`; empty: all of them).
+    pub fn metric_sum(&self, name: &str, label: &str) -> u64 {
+        self.admin_get("/metrics")
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Whether the servers of this test run use io_uring socket I/O
+    /// (`KEEL_TEST_SOCKET_IO=io_uring`).
+    pub fn uring_sockets() -> bool {
+        std::env::var("KEEL_TEST_SOCKET_IO").is_ok_and(|v| v == "io_uring")
+    }
+
     /// GET a path of the admin endpoint; the body.
     pub fn admin_get(&self, path: &str) -> String {
         let mut s = TcpStream::connect(self.admin).expect("admin connect");

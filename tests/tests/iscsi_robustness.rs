@@ -595,6 +595,9 @@ fn write_data_arriving_in_pieces() {
         c.login_keys = keys(digests);
         c.login(INI, Some(&iqn("vol0")), None).unwrap();
         assert_eq!((c.header_digest, c.data_digest), (digests, digests));
+        // Declared with the operational keys (a client that reads only
+        // those fell back to the 8 KiB default).
+        assert_eq!(c.target_mrdsl, 256 << 10, "MaxRecvDataSegmentLength");
         let data: Vec<u8> = (0..600_000 / BS as usize * BS as usize)
             .map(|_| rng.gen())
             .collect();
@@ -604,6 +607,14 @@ fn write_data_arriving_in_pieces() {
         assert_eq!(r.status, 0);
         assert!(r.data == data, "digests {digests}: the blocks differ");
         c.logout().unwrap();
+    }
+    // With epoll sockets the data after the headers went straight into the
+    // pool buffers; io_uring sockets copy out of their provided buffers.
+    let direct = s.metric_sum("keel_reactor_received_bytes_total", "into=\"pool_buffer\"");
+    if ServerProcess::uring_sockets() {
+        assert_eq!(direct, 0, "io_uring sockets cannot receive in place");
+    } else {
+        assert!(direct > 600_000, "only {direct} bytes received in place");
     }
 
     // A bad data digest on immediate data that arrives in pieces.

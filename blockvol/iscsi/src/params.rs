@@ -135,6 +135,22 @@ pub fn negotiate(
     n: &mut Negotiated,
     seen: &mut Vec<String>,
 ) -> Result<Vec<(String, String)>, NegotiationError> {
+    negotiate_declaring(offer, limits, n, seen, true)
+}
+
+/// [`negotiate`], declaring our MaxRecvDataSegmentLength only when
+/// `declare`: a login declares it in the operational stage (or in the last
+/// response, when the initiator skips that stage), where initiators look
+/// for operational keys; one that read only the operational stage's
+/// answers fell back to 8 KiB data segments when the declaration came in
+/// the security stage.
+pub fn negotiate_declaring(
+    offer: &[(&str, &str)],
+    limits: &TargetLimits,
+    n: &mut Negotiated,
+    seen: &mut Vec<String>,
+    declare: bool,
+) -> Result<Vec<(String, String)>, NegotiationError> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut answer = |k: &str, v: String| out.push((k.to_string(), v));
     for &(key, value) in offer {
@@ -275,7 +291,7 @@ pub fn negotiate(
             _ => answer(key, "NotUnderstood".into()),
         }
     }
-    if !seen.iter().any(|s| s == "MaxRecvDataSegmentLength#target") {
+    if declare && !seen.iter().any(|s| s == "MaxRecvDataSegmentLength#target") {
         // Declare our own receive limit once per negotiation.
         seen.push("MaxRecvDataSegmentLength#target".into());
         n.target_mrdsl = limits.max_recv_data_segment_length;

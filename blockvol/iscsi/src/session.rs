@@ -37,7 +37,7 @@ use smallvec::SmallVec;
 
 use crate::chap::{self, Credentials};
 use crate::lun::{Action, DataAction, Nexus, ASC_INVALID_FIELD_IN_IU, ASC_MISCOMPARE};
-use crate::params::{negotiate, Negotiated};
+use crate::params::{negotiate_declaring, Negotiated};
 use crate::target::{PortalSpec, Registry, SessionInfo, Target};
 
 /// Engine I/O is split into buffers of at most this size.
@@ -710,7 +710,10 @@ impl IscsiConn {
 
         // Operational keys (also accepted in the security stage).
         let limits = self.portal.limits.clone();
-        match negotiate(&op_keys, &limits, &mut ls.neg, &mut ls.seen) {
+        // Our MaxRecvDataSegmentLength goes out in the operational stage
+        // (or with the move to full feature phase), not with security keys.
+        let declare = req.csg == 1 || (req.transit && req.nsg == 3);
+        match negotiate_declaring(&op_keys, &limits, &mut ls.neg, &mut ls.seen, declare) {
             Ok(ans) => {
                 for (k, v) in ans {
                     push_pair(&mut answer, &k, &v);
@@ -2577,6 +2580,11 @@ impl Protocol for IscsiConn {
         let c = at / CHUNK;
         let size = CHUNK.min(want - c * CHUNK);
         buffer_pool::room_at(self.pool.as_ref(), &mut t.data[c], size, at % CHUNK, left)
+    }
+
+    fn direct_then(&self) -> usize {
+        // The next PDU's basic header segment and header digest.
+        BHS_LEN + if self.hd { 4 } else { 0 }
     }
 
     fn on_direct(

@@ -1664,6 +1664,12 @@ impl Protocol for NvmeConn {
         buffer_pool::room_at(self.pool.as_ref(), &mut t.data[c], size, within, left)
     }
 
+    fn direct_then(&self) -> usize {
+        // The next PDU's header: a command capsule's (the longest a host
+        // sends with data) and its digest; an H2CData header is shorter.
+        CH_LEN + 64 + if self.hd { 4 } else { 0 }
+    }
+
     fn on_direct(
         &mut self,
         n: usize,

@@ -84,6 +84,14 @@ pub trait Protocol {
         None
     }
 
+    /// With a receive into the buffer of [`Protocol::direct_target`], how
+    /// many bytes at most go into the input buffer in the same call: the
+    /// next PDU's header, so that the data after that header can go
+    /// straight into its own buffer too instead of being copied.
+    fn direct_then(&self) -> usize {
+        usize::MAX
+    }
+
     /// `n` bytes (at most the count [`Protocol::direct_target`] gave) were
     /// appended to its buffer; returns work done.
     fn on_direct(
@@ -534,6 +542,7 @@ impl<P: Protocol, S: SocketIo> Poller for Connection<P, S> {
             // The protocol's own buffer for the next bytes, when the socket
             // I/O can receive into it and no received input waits to be
             // parsed (then the next bytes on the wire are the ones it wants).
+            let then = self.proto.direct_then();
             let target = if S::DIRECT_RECV && self.start == self.input.len() {
                 self.proto
                     .direct_target()
@@ -547,7 +556,7 @@ impl<P: Protocol, S: SocketIo> Poller for Connection<P, S> {
             };
             let got = match target {
                 Some((buf, max)) => {
-                    let r = self.sock.recv_direct(buf, max, &mut self.input);
+                    let r = self.sock.recv_direct(buf, max, &mut self.input, then);
                     if let Ok(n) = r {
                         direct = n.min(max);
                     }
@@ -561,8 +570,9 @@ impl<P: Protocol, S: SocketIo> Poller for Connection<P, S> {
                     self.read_closed = true;
                     work += 1;
                 }
-                Ok(_) => {
+                Ok(n) => {
                     work += 1;
+                    cx.count_recv(n - direct, direct);
                     if direct > 0 {
                         match self.proto.on_direct(direct, &mut self.out, cx) {
                             Ok(n) => work += n,

@@ -204,9 +204,20 @@ pub struct Context {
     socket_io: SocketIoKind,
     #[cfg(feature = "sockets-uring")]
     ring: Option<std::rc::Rc<std::cell::RefCell<crate::socket_uring::SockRing>>>,
+    /// Bytes received into connections' input buffers, and straight into
+    /// protocols' own buffers.
+    recv_bytes: u64,
+    direct_recv_bytes: u64,
 }
 
 impl Context {
+    /// Count bytes a connection received: `input` into its input buffer,
+    /// `direct` straight into the protocol's buffer.
+    pub(crate) fn count_recv(&mut self, input: usize, direct: usize) {
+        self.recv_bytes += input as u64;
+        self.direct_recv_bytes += direct as u64;
+    }
+
     /// This reactor's index.
     pub fn index(&self) -> usize {
         self.index
@@ -525,6 +536,8 @@ impl Reactor {
                 socket_io,
                 #[cfg(feature = "sockets-uring")]
                 ring,
+                recv_bytes: 0,
+                direct_recv_bytes: 0,
             },
             shared,
             pollers: Vec::new(),
@@ -547,6 +560,8 @@ impl Reactor {
                 last_work = now;
             }
             c.pollers = self.pollers.len() as u64;
+            c.recv_bytes = self.cx.recv_bytes;
+            c.direct_recv_bytes = self.cx.direct_recv_bytes;
             #[cfg(feature = "sockets-uring")]
             if let Some(ring) = &self.cx.ring {
                 let rc = ring.borrow().counters;

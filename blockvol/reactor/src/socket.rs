@@ -136,16 +136,18 @@ pub trait SocketIo {
 
     /// Receive in one call: up to `max` bytes appended to `direct` (a buffer
     /// the protocol owns, such as a write's pool buffer; `max` is at most
-    /// its spare capacity), then more into the spare capacity of `buf`.
-    /// Returns the bytes received in all; the first `min(n, max)` went to
-    /// `direct`. `Ok(0)` is EOF, `WouldBlock` as for [`SocketIo::recv`].
+    /// its spare capacity), then up to `more` bytes into the spare capacity
+    /// of `buf`. Returns the bytes received in all; the first `min(n, max)`
+    /// went to `direct`. `Ok(0)` is EOF, `WouldBlock` as for
+    /// [`SocketIo::recv`].
     fn recv_direct(
         &mut self,
         direct: &mut Vec<u8>,
         max: usize,
         buf: &mut Vec<u8>,
+        more: usize,
     ) -> io::Result<usize> {
-        let _ = (direct, max, buf);
+        let _ = (direct, max, buf, more);
         Err(io::ErrorKind::Unsupported.into())
     }
 

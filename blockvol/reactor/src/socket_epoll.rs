@@ -67,10 +67,11 @@ impl SocketIo for EpollSocket {
         direct: &mut Vec<u8>,
         max: usize,
         buf: &mut Vec<u8>,
+        more: usize,
     ) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         let max = max.min(direct.capacity() - direct.len());
-        let room = buf.capacity() - buf.len();
+        let room = (buf.capacity() - buf.len()).min(more);
         if max == 0 {
             return self.recv(buf);
         }

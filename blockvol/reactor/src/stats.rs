@@ -19,6 +19,8 @@ pub(crate) struct ReactorStats {
     registrations: AtomicU64,
     ring_enters: AtomicU64,
     ring_completions: AtomicU64,
+    recv_bytes: AtomicU64,
+    direct_recv_bytes: AtomicU64,
 }
 
 /// A snapshot of a reactor's counters.
@@ -46,6 +48,11 @@ pub struct ReactorCounters {
     pub ring_enters: u64,
     /// Socket operations completed on the ring.
     pub ring_completions: u64,
+    /// Bytes connections received into their input buffers.
+    pub recv_bytes: u64,
+    /// Bytes connections received straight into protocols' own buffers
+    /// (write data into pool buffers, without a copy).
+    pub direct_recv_bytes: u64,
 }
 
 impl ReactorStats {
@@ -61,6 +68,8 @@ impl ReactorStats {
         self.registrations.store(c.registrations, r);
         self.ring_enters.store(c.ring_enters, r);
         self.ring_completions.store(c.ring_completions, r);
+        self.recv_bytes.store(c.recv_bytes, r);
+        self.direct_recv_bytes.store(c.direct_recv_bytes, r);
     }
 
     pub(crate) fn snapshot(&self) -> ReactorCounters {
@@ -79,6 +88,8 @@ impl ReactorStats {
             registrations: self.registrations.load(r),
             ring_enters: self.ring_enters.load(r),
             ring_completions: self.ring_completions.load(r),
+            recv_bytes: self.recv_bytes.load(r),
+            direct_recv_bytes: self.direct_recv_bytes.load(r),
         }
     }
 }

@@ -541,41 +541,70 @@ pub fn metrics_text(state: &State) -> String {
         "event=\"refusal\"",
         ps.refusals,
     );
+    // Each family's lines together, after its header (one group per
+    // metric, as the text format requires).
+    let cs: Vec<_> = state
+        .reactor_remotes
+        .iter()
+        .map(|r| (format!("reactor=\"{}\"", r.index()), r.counters()))
+        .collect();
     head(
         &mut o,
         "keel_reactor_iterations_total",
         "counter",
         "Reactor loop iterations by outcome",
     );
+    for (l, c) in &cs {
+        let busy = format!("{l},kind=\"busy\"");
+        line(
+            &mut o,
+            "keel_reactor_iterations_total",
+            &busy,
+            c.busy_iterations,
+        );
+        let idle = format!("{l},kind=\"idle\"");
+        line(
+            &mut o,
+            "keel_reactor_iterations_total",
+            &idle,
+            c.idle_iterations,
+        );
+    }
     head(
         &mut o,
         "keel_reactor_sleeps_total",
         "counter",
         "Times a reactor went to sleep",
     );
+    for (l, c) in &cs {
+        line(&mut o, "keel_reactor_sleeps_total", l, c.sleeps);
+    }
     head(
         &mut o,
         "keel_reactor_pollers",
         "gauge",
         "Pollers (connections, listeners) on a reactor",
     );
-    for r in &state.reactor_remotes {
-        let c = r.counters();
-        let l = format!("reactor=\"{}\"", r.index());
+    for (l, c) in &cs {
+        line(&mut o, "keel_reactor_pollers", l, c.pollers);
+    }
+    head(
+        &mut o,
+        "keel_reactor_received_bytes_total",
+        "counter",
+        "Bytes connections received: into their input buffers, or straight into pool buffers (write data, no copy)",
+    );
+    for (l, c) in &cs {
+        let input = format!("{l},into=\"input\"");
         line(
             &mut o,
-            "keel_reactor_iterations_total",
-            &format!("{l},kind=\"busy\""),
-            c.busy_iterations,
+            "keel_reactor_received_bytes_total",
+            &input,
+            c.recv_bytes,
         );
-        line(
-            &mut o,
-            "keel_reactor_iterations_total",
-            &format!("{l},kind=\"idle\""),
-            c.idle_iterations,
-        );
-        line(&mut o, "keel_reactor_sleeps_total", &l, c.sleeps);
-        line(&mut o, "keel_reactor_pollers", &l, c.pollers);
+        let direct = format!("{l},into=\"pool_buffer\"");
+        let n = c.direct_recv_bytes;
+        line(&mut o, "keel_reactor_received_bytes_total", &direct, n);
     }
     o
 }
