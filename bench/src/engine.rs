@@ -233,6 +233,7 @@ pub fn stats_delta(after: &StatsSnapshot, before: &StatsSnapshot) -> StatsSnapsh
         linked_syncs: d(after.linked_syncs, before.linked_syncs),
         coalesced_writes: d(after.coalesced_writes, before.coalesced_writes),
         coalesced_groups: d(after.coalesced_groups, before.coalesced_groups),
+        inline_wal_writes: d(after.inline_wal_writes, before.inline_wal_writes),
         group_commits: d(after.group_commits, before.group_commits),
         group_commit_waiters: d(after.group_commit_waiters, before.group_commit_waiters),
         group_commit_sync_hist: std::array::from_fn(|i| {

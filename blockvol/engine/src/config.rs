@@ -71,6 +71,13 @@ pub struct VolumeConfig {
     pub io_threads: usize,
     /// Submission-queue entries of each io_uring.
     pub uring_entries: u32,
+    /// io_uring backend: WAL writes without a sync (cached writes) are
+    /// written by the submitting thread, a buffered `pwritev` into the page
+    /// cache, while the kernel's dirty pages are far below its write-back
+    /// threshold (so the write is not throttled); otherwise, and when off,
+    /// through the ring, where ext4 hands every buffered write to an io-wq
+    /// worker thread.
+    pub wal_inline_writes: bool,
     /// How long [`crate::Handle::wait`] polls for a completion before it
     /// sleeps, when operations are in flight (0: sleep at once).
     pub wait_spin: Duration,
@@ -89,6 +96,7 @@ impl Default for VolumeConfig {
             flush_threshold: 0.25,
             io_threads: 2,
             uring_entries: 256,
+            wal_inline_writes: true,
             wait_spin: Duration::from_micros(50),
         }
     }

@@ -183,6 +183,7 @@ impl Handle {
                     *fds,
                     inner.cfg.uring_entries,
                     notifier.fd(),
+                    inner.cfg.wal_inline_writes,
                 )?))
             }
         };
@@ -733,6 +734,10 @@ impl Handle {
                 if g > 0 {
                     Stats::add(&self.inner.stats.coalesced_writes, w);
                     Stats::add(&self.inner.stats.coalesced_groups, g);
+                }
+                let n = u.take_inline();
+                if n > 0 {
+                    Stats::add(&self.inner.stats.inline_wal_writes, n);
                 }
             }
         }

@@ -59,6 +59,14 @@ pub use config::{default_wal_size, BackendMode, CreateOptions, VolumeConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use handle::{Completion, Handle, Op, SleepCheck, SubmitError, SyncHandle};
 pub use inspect::{inspect, inspect_storage, Inspection, SlotState};
+
+/// Whether the io_uring backend writes cached WAL records on the submitting
+/// thread right now ([`VolumeConfig::wal_inline_writes`]): the kernel's dirty
+/// pages are below half its background write-back threshold.
+#[cfg(feature = "backend-uring")]
+pub fn inline_wal_writes_allowed() -> bool {
+    backend::dirty_guard::inline_ok()
+}
 pub use stats::{StatsSnapshot, BATCH_BUCKETS, SYNC_BUCKETS_US};
 pub use superblock::{DurabilityMode, Role, Superblock};
 pub use volume::{format, Pressure, Volume, VolumeInfo, VolumeStatus};

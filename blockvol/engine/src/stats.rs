@@ -39,6 +39,7 @@ pub(crate) struct Stats {
     pub linked_syncs: AtomicU64,
     pub coalesced_writes: AtomicU64,
     pub coalesced_groups: AtomicU64,
+    pub inline_wal_writes: AtomicU64,
     pub group_commits: AtomicU64,
     pub group_commit_waiters: AtomicU64,
     pub batch_hist: [AtomicU64; 7],
@@ -97,6 +98,7 @@ impl Stats {
             linked_syncs: g(&self.linked_syncs),
             coalesced_writes: g(&self.coalesced_writes),
             coalesced_groups: g(&self.coalesced_groups),
+            inline_wal_writes: g(&self.inline_wal_writes),
             group_commits: g(&self.group_commits),
             group_commit_waiters: g(&self.group_commit_waiters),
             group_commit_batch_hist: std::array::from_fn(|i| g(&self.batch_hist[i])),
@@ -149,6 +151,9 @@ pub struct StatsSnapshot {
     /// The coalesced `writev`s (`coalesced_writes / coalesced_groups` is the
     /// mean group size).
     pub coalesced_groups: u64,
+    /// WAL writes written by the submitting thread into the page cache
+    /// (io_uring backend, `wal_inline_writes`), not by an io-wq worker.
+    pub inline_wal_writes: u64,
     /// Group-commit fdatasyncs that had waiters.
     pub group_commits: u64,
     /// Waiters completed by group-commit fdatasyncs.

@@ -65,14 +65,23 @@ fn write_read_flush_reopen() {
 /// Bursts of asynchronous writes on the io_uring backend: records that lie
 /// back to back in the WAL go out coalesced (one writev per burst), the WAL
 /// wraps (a wrapping record goes alone), overlapping writes land in LSN
-/// order, and everything reads back, before and after a reopen.
+/// order, and everything reads back, before and after a reopen. With WAL
+/// writes written inline (the submitting thread writes into the page cache)
+/// and through the ring.
 #[test]
 fn bursts_of_writes_are_coalesced_and_read_back() {
+    for inline in [true, false] {
+        bursts_of_writes(inline);
+    }
+}
+
+fn bursts_of_writes(inline: bool) {
     use keel_blockvol::Op;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.keel");
     let cfg = VolumeConfig {
         backend: BackendMode::IoUring,
+        wal_inline_writes: inline,
         ..Default::default()
     };
     let opts = CreateOptions {
@@ -126,6 +135,11 @@ fn bursts_of_writes_are_coalesced_and_read_back() {
         "bursts were coalesced: {st:?}"
     );
     assert!(st.flusher_runs > 0, "the WAL wrapped: {st:?}");
+    if !inline {
+        assert_eq!(st.inline_wal_writes, 0, "{st:?}");
+    } else if keel_blockvol::inline_wal_writes_allowed() {
+        assert!(st.inline_wal_writes > 0, "no WAL write went inline: {st:?}");
+    }
     let check = |h: &mut SyncHandle| {
         for (lba, &want) in model.iter().enumerate() {
             let got = h.read(lba as u64, 1).unwrap();

@@ -255,7 +255,7 @@ pub fn metrics_text(state: &State) -> String {
         &'static str,
         fn(&keel_blockvol::VolumeStatus) -> f64,
     );
-    let counters: [Counter; 18] = [
+    let counters: [Counter; 19] = [
         ("keel_volume_read_ops_total", "Read operations", |s| {
             s.read_ops
         }),
@@ -301,6 +301,11 @@ pub fn metrics_text(state: &State) -> String {
             "keel_volume_coalesced_wal_writevs_total",
             "Coalesced WAL writevs",
             |s| s.coalesced_groups,
+        ),
+        (
+            "keel_volume_inline_wal_writes_total",
+            "WAL writes written into the page cache by the submitting thread",
+            |s| s.inline_wal_writes,
         ),
         ("keel_volume_group_commits_total", "Group commits", |s| {
             s.group_commits

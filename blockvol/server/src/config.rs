@@ -150,6 +150,10 @@ pub struct EngineSection {
     /// Volatile write cache on (SYNCHRONIZE CACHE makes writes durable) or
     /// off (every write durable when acknowledged).
     pub write_cache: bool,
+    /// io_uring backend: cached WAL writes written by the reactor into the
+    /// page cache while the kernel is far from throttling writers (else by
+    /// an io-wq worker).
+    pub wal_inline_writes: bool,
 }
 
 impl Default for EngineSection {
@@ -157,6 +161,7 @@ impl Default for EngineSection {
         EngineSection {
             backend: "auto".into(),
             write_cache: true,
+            wal_inline_writes: true,
         }
     }
 }

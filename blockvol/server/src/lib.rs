@@ -235,6 +235,7 @@ impl Server {
         let vcfg = VolumeConfig {
             backend: v.backend,
             write_cache: cfg.engine.write_cache,
+            wal_inline_writes: cfg.engine.wal_inline_writes,
             ..VolumeConfig::default()
         };
         let portal = PortalSpec {

@@ -62,6 +62,11 @@ pub(crate) struct UringExec {
     /// Writes that went out in a group of two or more, and the groups.
     pub coalesced_writes: u64,
     pub coalesced_groups: u64,
+    /// Write WAL records without a sync on the calling thread when the page
+    /// cache takes them without throttling (`dirty_guard`).
+    inline: bool,
+    /// WAL writes written inline since the last [`UringExec::take_inline`].
+    inline_writes: u64,
     cqes: Vec<(u64, i32)>,
 }
 
@@ -91,8 +96,26 @@ fn to_i32(v: u64) -> io::Result<i32> {
     i32::try_from(v).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
+/// Write `iov` (`len` bytes) at `off` of `fd` on the calling thread, a
+/// buffered write into the page cache, when `dirty_guard` says the kernel
+/// will not throttle it. `false`: not tried, or short or failed (the caller
+/// then writes it all through the ring, which reports the error).
+fn write_inline(fd: RawFd, iov: &[libc::iovec], off: u64, len: u64) -> bool {
+    if !super::dirty_guard::inline_ok() {
+        return false;
+    }
+    let (Ok(cnt), Ok(off)) = (i32::try_from(iov.len()), i64::try_from(off)) else {
+        return false;
+    };
+    // SAFETY: every iovec points into a buffer owned by an in-flight slot
+    // (header box, data buffer) that lives at least until this call
+    // returns; the kernel only reads them.
+    let r = unsafe { libc::pwritev(fd, iov.as_ptr(), cnt, off) };
+    u64::try_from(r).is_ok_and(|n| n == len)
+}
+
 impl UringExec {
-    pub fn new(fds: Fds, entries: u32, notify_fd: RawFd) -> io::Result<UringExec> {
+    pub fn new(fds: Fds, entries: u32, notify_fd: RawFd, inline: bool) -> io::Result<UringExec> {
         let ring = IoUring::new(entries)?;
         ring.submitter().register_eventfd(notify_fd)?;
         Ok(UringExec {
@@ -110,8 +133,15 @@ impl UringExec {
             free_groups: Vec::new(),
             coalesced_writes: 0,
             coalesced_groups: 0,
+            inline,
+            inline_writes: 0,
             cqes: Vec::new(),
         })
+    }
+
+    /// WAL writes written inline since the last call.
+    pub fn take_inline(&mut self) -> u64 {
+        std::mem::take(&mut self.inline_writes)
     }
 
     /// A WAL write that can wait to be coalesced: one piece (no wrap), no
@@ -183,6 +213,14 @@ impl UringExec {
                 iov_len: sl.len(),
             };
         }
+        let ud = (slot as u64) << IDX_BITS;
+        if self.inline && write_inline(fd, &fl.iov[..cnt], off, len) {
+            // Done; a no-op completes it in order with the rest.
+            fl.expect[0] = 0;
+            self.inline_writes += 1;
+            self.push_sqe(&opcode::Nop::new().build().user_data(ud));
+            return;
+        }
         fl.expect[0] = i32::try_from(len).unwrap_or(i32::MAX);
         let e = opcode::Writev::new(
             types::Fd(fd),
@@ -191,7 +229,7 @@ impl UringExec {
         )
         .offset(off)
         .build()
-        .user_data((slot as u64) << IDX_BITS);
+        .user_data(ud);
         self.push_sqe(&e);
     }
 
@@ -224,18 +262,29 @@ impl UringExec {
             self.groups.push(None);
             self.groups.len() - 1
         });
+        let done = self.inline && write_inline(fd, &iov, off, len);
         let g = Group {
             members: group_members,
             iov,
-            expect: i32::try_from(len).unwrap_or(i32::MAX),
+            expect: if done {
+                0
+            } else {
+                i32::try_from(len).unwrap_or(i32::MAX)
+            },
         };
-        let e = opcode::Writev::new(
-            types::Fd(fd),
-            g.iov.as_ptr(),
-            u32::try_from(g.iov.len()).unwrap_or(0),
-        )
-        .offset(off)
-        .build()
+        let e = if done {
+            // Done; a no-op completes the group in order with the rest.
+            self.inline_writes += members.len() as u64;
+            opcode::Nop::new().build()
+        } else {
+            opcode::Writev::new(
+                types::Fd(fd),
+                g.iov.as_ptr(),
+                u32::try_from(g.iov.len()).unwrap_or(0),
+            )
+            .offset(off)
+            .build()
+        }
         .user_data(GROUP_BIT | gi as u64);
         self.groups[gi] = Some(g);
         self.coalesced_writes += members.len() as u64;
