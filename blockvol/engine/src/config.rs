@@ -73,7 +73,8 @@ pub struct VolumeConfig {
     pub uring_entries: u32,
     /// io_uring backend: WAL writes without a sync (cached writes) are
     /// written by the submitting thread, a buffered `pwritev` into the page
-    /// cache, while the kernel's dirty pages are far below its write-back
+    /// cache, while the kernel's dirty pages (and those of the process's
+    /// memory cgroup, when it has a limit) are far below the write-back
     /// threshold (so the write is not throttled); otherwise, and when off,
     /// through the ring, where ext4 hands every buffered write to an io-wq
     /// worker thread.
