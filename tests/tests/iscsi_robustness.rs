@@ -617,6 +617,52 @@ fn write_data_arriving_in_pieces() {
         assert!(direct > 600_000, "only {direct} bytes received in place");
     }
 
+    // Data nobody takes, arriving in pieces, is skipped and the stream stays
+    // in step: immediate data of a write to a LUN that does not exist
+    // (answered at once), a Data-Out for a tag never used.
+    let mut c = Client::connect(s.iscsi).unwrap();
+    c.login_keys = keys(false);
+    c.login(INI, Some(&iqn("vol0")), None).unwrap();
+    let mut cmd = base();
+    cmd.final_bit = true;
+    cmd.write = true;
+    cmd.attr = 1;
+    cmd.lun = 1 << 48;
+    cmd.itt = c.next_itt();
+    cmd.expected_len = 16 * BS;
+    cmd.data_len = 16 * BS as usize;
+    cmd.cmd_sn = c.cmd_sn;
+    cmd.exp_stat_sn = c.exp_stat_sn;
+    cmd.cdb[0] = 0x8a;
+    cmd.cdb[2..10].copy_from_slice(&4000u64.to_be_bytes());
+    cmd.cdb[10..14].copy_from_slice(&16u32.to_be_bytes());
+    c.cmd_sn = c.cmd_sn.wrapping_add(1);
+    let wire = c.encode(&cmd.encode(), &vec![0x77; 16 * BS as usize]);
+    send_in_pieces(&mut c, &wire);
+    match c.recv().unwrap().pdu {
+        Pdu::ScsiResponse(r) => {
+            c.exp_stat_sn = r.stat_sn.wrapping_add(1);
+            assert_eq!(r.status, 2, "a write to LUN 1: CHECK CONDITION");
+        }
+        other => panic!("expected a SCSI Response, got {other:?}"),
+    }
+    let d = keel_pdu::iscsi::DataOut {
+        final_bit: true,
+        data_len: 50_000,
+        lun: 0,
+        itt: 0x4242,
+        ttt: 0xffff_ffff,
+        exp_stat_sn: c.exp_stat_sn,
+        data_sn: 0,
+        buffer_offset: 0,
+    };
+    let wire = c.encode(&d.encode(), &vec![0x66; 50_000]);
+    send_in_pieces(&mut c, &wire);
+    let data = vec![0x31u8; 8 * BS as usize];
+    assert_eq!(c.write16(4000, &data, BS, false).unwrap().status, 0);
+    assert!(c.read16(4000, 8, BS).unwrap().data == data, "out of step");
+    c.logout().unwrap();
+
     // A bad data digest on immediate data that arrives in pieces.
     let mut c = Client::connect(s.iscsi).unwrap();
     c.login_keys = keys(true);
