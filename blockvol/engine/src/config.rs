@@ -77,7 +77,8 @@ pub struct VolumeConfig {
     /// memory cgroup, when it has a limit) are far below the write-back
     /// threshold (so the write is not throttled); otherwise, and when off,
     /// through the ring, where ext4 hands every buffered write to an io-wq
-    /// worker thread.
+    /// worker thread. A durable (FUA or write-through) write is then
+    /// written the same way, and only its fdatasync goes through the ring.
     pub wal_inline_writes: bool,
     /// How long [`crate::Handle::wait`] polls for a completion before it
     /// sleeps, when operations are in flight (0: sleep at once).

@@ -143,7 +143,8 @@ pub struct StatsSnapshot {
     pub flush_ops: u64,
     /// fdatasync calls by group commit, the flusher and linked writes.
     pub fdatasyncs: u64,
-    /// Durable writes done as one linked write+fdatasync.
+    /// Durable writes done as a write followed by their own fdatasync (a
+    /// linked write+fdatasync, or an inline write and an fdatasync SQE).
     pub linked_syncs: u64,
     /// WAL writes that went to the kernel coalesced with neighbours in one
     /// `writev` (io_uring backend).
@@ -152,7 +153,8 @@ pub struct StatsSnapshot {
     /// mean group size).
     pub coalesced_groups: u64,
     /// WAL writes written by the submitting thread into the page cache
-    /// (io_uring backend, `wal_inline_writes`), not by an io-wq worker.
+    /// (io_uring backend, `wal_inline_writes`), not by an io-wq worker;
+    /// durable ones included.
     pub inline_wal_writes: u64,
     /// Group-commit fdatasyncs that had waiters.
     pub group_commits: u64,
