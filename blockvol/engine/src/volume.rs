@@ -89,9 +89,11 @@ impl Inner {
         f(&mut sb);
         sb.seq += 1;
         let slot = 1 - st.slot;
+        // Only the slot is made durable: a sync of the whole meta file
+        // would also write back every dirty WAL page, megabytes per
+        // flusher pass under cached writes that nobody asked to be durable.
         self.storage
-            .write_at(&[&sb.encode()], slot as u64 * SLOT_SIZE)?;
-        self.storage.sync_wal(self.extent_offset)?;
+            .write_durable_at(&sb.encode(), slot as u64 * SLOT_SIZE)?;
         Stats::add(&self.stats.fdatasyncs, 1);
         st.sb = sb.clone();
         st.slot = slot;
