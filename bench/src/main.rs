@@ -71,7 +71,7 @@ enum Cmd {
         runs: usize,
     },
     /// The whole matrix in one command: engine, targets, socket I/O, a
-    /// queue-depth sweep and fio (raw disk, plain file, the engine through
+    /// queue-depth sweep, QD1 in each poll mode, and fio (raw disk, plain file, the engine through
     /// the C ABI); medians of --runs runs; writes the generated part of
     /// docs/benchmarks.md (between its markers) and SVG plots. Needs what
     /// `targets` needs, and ffi/fio/keel_engine.so for the C ABI rows
@@ -99,7 +99,8 @@ enum Cmd {
         /// The fio external engine on keel's C ABI.
         #[arg(long, default_value = "ffi/fio/keel_engine.so")]
         fio_engine: PathBuf,
-        /// Parts to leave out (repeatable): engine, targets, sockets, sweep, fio.
+        /// Parts to leave out (repeatable): engine, targets, sockets, sweep,
+        /// pollmodes, fio.
         #[arg(long, value_name = "PART")]
         skip: Vec<String>,
         /// One run of 1 s per measurement (a smoke test of the command).
@@ -254,8 +255,11 @@ fn run(cli: Cli) -> Result<()> {
             reuse,
         } => {
             for p in &skip {
-                if !["engine", "targets", "sockets", "sweep", "fio"].contains(&p.as_str()) {
-                    bail!("--skip {p}: not a part (engine, targets, sockets, sweep, fio)");
+                if !keel_bench::matrix::PARTS.contains(&p.as_str()) {
+                    bail!(
+                        "--skip {p}: not a part ({})",
+                        keel_bench::matrix::PARTS.join(", ")
+                    );
                 }
             }
             let fio_engine = std::fs::canonicalize(&fio_engine).unwrap_or(fio_engine);

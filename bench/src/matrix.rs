@@ -6,6 +6,7 @@
 //!  targets  keel-bench targets --json   (keel NVMe/TCP, keel iSCSI, tgt; 4 clients)
 //!  sockets  keel-bench sockets --json   (epoll vs io_uring socket I/O)
 //!  sweep    4 KiB random read IOPS at QD 1..32: keel NVMe/TCP, keel iSCSI, tgt
+//!  pollmodes  4 KiB random read QD1, keel iSCSI in each poll mode, and tgt
 //!  fio      the raw disk (O_DIRECT), fio psync and io_uring on a plain file,
 //!           and fio driving the engine through the C ABI (ffi/fio)
 //!        → JSON (--json), markdown between the markers, SVGs in --plots
@@ -30,6 +31,12 @@ use crate::targets::{
 pub const BEGIN: &str = "<!-- BEGIN keel-bench report -->";
 /// End marker.
 pub const END: &str = "<!-- END keel-bench report -->";
+
+/// The parts of the report, in the order they run.
+pub const PARTS: [&str; 6] = ["engine", "targets", "sockets", "sweep", "pollmodes", "fio"];
+
+/// Poll modes measured at QD1 by the `pollmodes` part.
+pub const POLL_MODES: [&str; 3] = ["busy", "adaptive", "interrupt"];
 
 /// Queue depths of the sweep.
 pub const SWEEP_QDS: [usize; 6] = [1, 2, 4, 8, 16, 32];
@@ -140,6 +147,58 @@ fn sweep(dir: &Path, runs: usize, seconds: f64) -> Result<Value> {
 }
 
 /// One fio job; `None` when fio failed (its stderr is returned).
+/// 4 KiB random reads at QD1 with the own iSCSI initiator: keel in each poll
+/// mode (a fresh server each), then tgt, per run. What a reactor does while
+/// it waits is what QD1 costs: spinning burns the core, sleeping pays a
+/// wake-up per I/O.
+fn pollmodes(dir: &Path, runs: usize, seconds: f64) -> Result<Value> {
+    let bin = keel_volume_bin()?;
+    // [mode, then tgt] -> samples of (iops, p50, cpu per io)
+    let n = POLL_MODES.len() + 1;
+    let mut s: Vec<[Vec<f64>; 3]> = vec![Default::default(); n];
+    let mut push = |i: usize, m: &Measure| {
+        s[i][0].push(m.iops);
+        s[i][1].push(m.p50_us);
+        s[i][2].push(m.cpu_us_per_io);
+    };
+    for run in 0..runs {
+        eprintln!("keel-bench report: poll modes run {} of {runs}", run + 1);
+        for (i, mode) in POLL_MODES.iter().enumerate() {
+            let kdir = tempfile::tempdir_in(dir)?;
+            let k = Keel::start(&bin, kdir.path(), mode)?;
+            let m = own_iscsi_one(
+                k.iscsi,
+                "iqn.2026-11.io.keel:vol0",
+                0,
+                4096,
+                k.pid(),
+                false,
+                1,
+                seconds,
+            )?;
+            push(i, &m);
+        }
+        let tdir = tempfile::tempdir_in(dir)?;
+        let t = Tgt::start(tdir.path())?;
+        let addr = format!("127.0.0.1:{}", t.port).parse()?;
+        let m = own_iscsi_one(addr, TGT_IQN, 1 << 48, 512, t.pid(), false, 1, seconds)?;
+        push(n - 1, &m);
+    }
+    let rows: Vec<Value> = POLL_MODES
+        .iter()
+        .map(|m| format!("keel {m}"))
+        .chain(std::iter::once("tgt".to_owned()))
+        .enumerate()
+        .map(|(i, name)| {
+            let [a, b, c] = &mut s[i];
+            json!({"target": name, "iops": median(a), "p50_us": median(b), "cpu_us_per_io": median(c)})
+        })
+        .collect();
+    Ok(
+        json!({"workload": "4k-randread-qd1", "client": "keel-bench pipelined iSCSI initiator", "rows": rows}),
+    )
+}
+
 fn fio_job(
     engine: &str,
     file: &Path,
@@ -343,7 +402,7 @@ pub fn collect(o: &Opts) -> Result<Value> {
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
         )
         .with_context(|| format!("{} is not a report JSON", p.display()))?;
-        for part in ["engine", "targets", "sockets", "sweep", "fio"] {
+        for part in PARTS {
             if skip(part) && old[part].is_object() {
                 all[part] = old[part].clone();
             }
@@ -359,7 +418,7 @@ pub fn collect(o: &Opts) -> Result<Value> {
             .map(|x| (*x).to_owned())
             .collect()
     };
-    for part in ["engine", "targets", "sockets", "sweep", "fio"] {
+    for part in PARTS {
         if skip(part) {
             continue;
         }
@@ -369,6 +428,7 @@ pub fn collect(o: &Opts) -> Result<Value> {
             "targets" => sub_json_owned(&common("targets", &dir)),
             "sockets" => sub_json_owned(&common("sockets", &dir)),
             "sweep" => sweep(&o.dir, o.runs.max(1), (o.seconds / 2.0).max(1.0)),
+            "pollmodes" => pollmodes(&o.dir, o.runs.max(1), (o.seconds / 2.0).max(1.0)),
             _ => fio_part(&o.dir, o.runs.max(1), o.seconds, &o.fio_engine),
         };
         // A part that fails is reported as failed; the others still run.
@@ -445,7 +505,7 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
             None => "rotational unknown",
         },
     );
-    for part in ["engine", "targets", "sockets", "sweep", "fio"] {
+    for part in PARTS {
         if let Some(e) = v[part]["error"].as_str() {
             let _ = writeln!(s, "**{part} failed:** {e}\n");
         }
@@ -711,6 +771,50 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
         }
         s.push('\n');
     }
+    let pm = &v["pollmodes"];
+    if let Some(rows) = pm["rows"].as_array().filter(|a| !a.is_empty()) {
+        let _ = writeln!(
+            s,
+            "### Poll modes: 4 KiB random read QD1, own iSCSI initiator\n"
+        );
+        let _ = writeln!(
+            s,
+            "A fresh keel-volume per mode. busy: the reactor never sleeps; adaptive (the default): it spins 50 µs after its last work, then sleeps; interrupt: it sleeps whenever it has nothing to do.\n"
+        );
+        let tgt = rows
+            .iter()
+            .find(|r| r["target"] == "tgt")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let _ = writeln!(
+            s,
+            "| target | IOPS | p50 µs | CPU µs/io | IOPS / tgt | CPU / tgt |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for r in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.0} | {:.1} | {} | {} |",
+                r["target"].as_str().unwrap_or("?"),
+                f(&r["iops"]),
+                f(&r["p50_us"]),
+                f(&r["cpu_us_per_io"]),
+                ratio(f(&r["iops"]), f(&tgt["iops"])),
+                ratio(f(&r["cpu_us_per_io"]), f(&tgt["cpu_us_per_io"])),
+            );
+        }
+        s.push('\n');
+        let busy = rows.iter().find(|r| r["target"] == "keel busy");
+        if let Some(b) = busy.filter(|_| f(&tgt["iops"]) > 0.0) {
+            goal(
+                &mut goals,
+                "iSCSI 4k random read QD1 vs tgt, busy mode (own initiator)",
+                f(&b["iops"]) / f(&tgt["iops"]),
+                3.5,
+                "",
+            );
+        }
+    }
     if !goals.is_empty() {
         let _ = writeln!(s, "### Goals (issue 5)\n");
         let _ = writeln!(s, "| | goal | measured | bound | |");
@@ -867,7 +971,21 @@ mod tests {
         });
         let mut v = v;
         v["fio"] = json!({"error": "cannot run fio (apt-get install fio)"});
+        v["pollmodes"] = json!({"rows": [
+            {"target": "keel busy", "iops": 36.0, "p50_us": 20.0, "cpu_us_per_io": 30.0},
+            {"target": "keel adaptive", "iops": 30.0, "p50_us": 25.0, "cpu_us_per_io": 32.0},
+            {"target": "keel interrupt", "iops": 12.0, "p50_us": 80.0, "cpu_us_per_io": 40.0},
+            {"target": "tgt", "iops": 10.0, "p50_us": 90.0, "cpu_us_per_io": 50.0}
+        ]});
         let md = markdown(&v, "bench");
+        assert!(
+            md.contains("| keel interrupt | 12 | 80 | 40.0 | 1.20x | 0.80x |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| PASS | iSCSI 4k random read QD1 vs tgt, busy mode (own initiator) | 3.60x | 3.5x |"),
+            "{md}"
+        );
         assert!(md.contains("**fio failed:** cannot run fio"), "{md}");
         assert!(md.contains("](bench/iops-vs-qd.svg)"), "{md}");
         assert!(
