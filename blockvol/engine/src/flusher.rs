@@ -3,9 +3,9 @@
 //!
 //! One pass: read the records between the checkpoint and the written
 //! watermark in large chunks; for every block, write back the newest record
-//! of the chunk that covers it; sync; drop those dirty-map
-//! entries; persist the new checkpoint and tail; only then let writers reuse
-//! the space (bumping `reclaim_seq` first, so a read that raced with the
+//! of the chunk that covers it; after a batch of chunks, sync; drop those
+//! dirty-map entries; persist the new checkpoint and tail; only then let
+//! writers reuse the space (bumping `reclaim_seq` first, so a read that raced with the
 //! reuse notices and retries).
 
 use std::sync::atomic::Ordering;
@@ -19,7 +19,21 @@ use crate::stats::Stats;
 use crate::volume::{lock, Inner};
 use crate::wal::{ring_pieces, RecordHeader, RecordKind, HEADER_LEN};
 
-const CHUNK: u64 = 8 << 20;
+/// WAL bytes read (and parsed, verified, written back) at a time: an eighth
+/// of the WAL, between 4 KiB and 8 MiB.
+fn chunk_size(wal_size: u64) -> u64 {
+    (wal_size / 8).clamp(4 << 10, 8 << 20)
+}
+/// Chunks written back between two syncs at most: the extent sync and the
+/// superblock update are paid once per batch, and the kernel sorts and
+/// merges a larger set of scattered dirty extent pages (a 64 MiB WAL: 8 MiB
+/// chunks, up to 32 MiB per sync).
+const CHUNKS_PER_SYNC: u64 = 4;
+/// A batch takes another chunk only while its extent writes average less
+/// than this: large sequential writes gain nothing from a bigger sync
+/// (their pages are contiguous already) and would hold WAL space longer
+/// (measured: 128 KiB writes at QD8, p50 0.5 -> 0.7 ms with 32 MiB batches).
+const SCATTERED_WRITE: u64 = 32 << 10;
 
 fn flush_io(inner: &Inner) -> Box<dyn FlushIo> {
     #[cfg(feature = "backend-uring")]
@@ -38,6 +52,7 @@ fn flush_io(inner: &Inner) -> Box<dyn FlushIo> {
 /// Thread body.
 pub(crate) fn run(inner: &Arc<Inner>) {
     let mut fio = flush_io(inner);
+    let mut chunk = Vec::new();
     loop {
         let (stop, kicked) = {
             let mut req = lock(&inner.flush);
@@ -63,7 +78,7 @@ pub(crate) fn run(inner: &Arc<Inner>) {
             None
         };
         if !inner.is_failed.load(Ordering::Acquire) {
-            if let Err(e) = pass(inner, &mut *fio, low) {
+            if let Err(e) = pass(inner, &mut *fio, low, &mut chunk) {
                 Stats::add(&inner.stats.flusher_errors, 1);
                 inner.fail(&format!("flusher: {e}"));
             }
@@ -93,13 +108,25 @@ struct Rec {
 }
 
 /// Write back what is written, down to a WAL fill of `low` (all of it when
-/// `None`). Returns the records written back.
-pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo, low: Option<f64>) -> Result<u64> {
+/// `None`). Returns the records written back. `chunk` is the read buffer,
+/// kept by the caller between passes.
+///
+/// The records are read in chunks ([`chunk_size`]); up to
+/// [`CHUNKS_PER_SYNC`] chunks of scattered writes ([`SCATTERED_WRITE`]) are
+/// written back under one sync and one superblock update.
+/// Chunks are written in LSN order, so a block written by two chunks of a
+/// batch ends with the newer record.
+pub(crate) fn pass(
+    inner: &Inner,
+    fio: &mut dyn FlushIo,
+    low: Option<f64>,
+    chunk: &mut Vec<u8>,
+) -> Result<u64> {
     let started = Instant::now();
+    let chunk_len = chunk_size(inner.wal_size);
     let mut total = 0u64;
-    let bs = u64::from(inner.block_size);
-    let mut chunk = Vec::new();
     let mut segs: Vec<Segment> = Vec::new();
+    let mut done: Vec<(u64, u32, u64)> = Vec::new();
     loop {
         let upto = inner.gc.written();
         let (tail, ckpt, gen) = {
@@ -110,93 +137,44 @@ pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo, low: Option<f64>) -> Re
             break;
         }
         let head = lock(&inner.alloc).head;
-        if let Some(low) = low {
-            if ((head - tail) as f64) < low * inner.wal_size as f64 {
-                break;
-            }
+        let above_low =
+            |at: u64| low.is_none_or(|low| ((head - at) as f64) >= low * inner.wal_size as f64);
+        if !above_low(tail) {
+            break;
         }
-        // Read a chunk; a record larger than it is read on its own.
-        let mut want = (head - tail).min(CHUNK);
-        let mut hb = [0u8; HEADER_LEN];
-        read_ring(inner, fio, tail, &mut hb)?;
-        let first = RecordHeader::decode(&hb, inner.block_size)
-            .ok_or_else(|| Error::Corrupt(format!("no WAL record at tail (LSN {})", ckpt + 1)))?;
-        want = want.max(first.stride());
-        chunk.resize(
-            usize::try_from(want).map_err(|_| Error::Corrupt("chunk".into()))?,
-            0,
-        );
-        read_ring(inner, fio, tail, &mut chunk)?;
-
-        // Parse records up to `upto` that lie wholly inside the chunk.
-        let mut recs = Vec::new();
-        let mut pos = 0usize;
+        let mut cursor = tail;
         let mut expect = ckpt + 1;
-        while expect <= upto && pos + HEADER_LEN <= chunk.len() {
-            let mut h = [0u8; HEADER_LEN];
-            h.copy_from_slice(&chunk[pos..pos + HEADER_LEN]);
-            let hdr = RecordHeader::decode(&h, inner.block_size).ok_or_else(|| {
-                Error::Corrupt(format!(
-                    "WAL record LSN {expect} unreadable before write-back"
-                ))
-            })?;
-            let stride = usize::try_from(hdr.stride()).unwrap_or(usize::MAX);
-            if pos.saturating_add(stride) > chunk.len() {
+        let mut wbytes = 0u64;
+        let mut nwrites = 0u64;
+        done.clear();
+        while expect <= upto
+            && cursor - tail < CHUNKS_PER_SYNC * chunk_len
+            && wbytes <= nwrites * SCATTERED_WRITE
+            && (cursor == tail || above_low(cursor))
+        {
+            let (n, next, bytes, writes) = write_back_chunk(
+                inner, fio, chunk, chunk_len, &mut segs, cursor, head, expect, upto, gen, &mut done,
+            )?;
+            if n == 0 {
                 break;
             }
-            let data = &chunk[pos + HEADER_LEN..pos + HEADER_LEN + hdr.data_len as usize];
-            if hdr.lsn != expect || hdr.gen != gen || !RecordHeader::verify(&h, data) {
-                return Err(Error::Corrupt(format!(
-                    "WAL record LSN {expect} failed validation before write-back"
-                )));
-            }
-            recs.push(Rec { hdr, at: pos });
-            pos += stride;
-            expect += 1;
+            cursor = next;
+            expect += n;
+            wbytes += bytes;
+            nwrites += writes;
         }
-        if recs.is_empty() {
+        if done.is_empty() {
             return Err(Error::Corrupt("flusher made no progress".into()));
-        }
-
-        // What to write: for every block, the newest record of this batch
-        // that covers it. Not the dirty map's newest: a newer record beyond
-        // the batch may still be lost in a power failure, and the checkpoint
-        // will move past this one, so its data must reach the extent region.
-        let mut writes: Vec<(u64, &[u8])> = Vec::new();
-        let mut punches: Vec<(u64, u64)> = Vec::new();
-        let mut covered = DirtyMap::new(inner.block_size);
-        for r in recs.iter().rev() {
-            let h = &r.hdr;
-            covered.lookup(h.lba, u64::from(h.blocks), &mut segs);
-            for s in segs.iter().filter(|s| s.dirty.is_none()) {
-                let file_off = inner.extent_offset + s.lba * bs;
-                let bytes = s.len * bs;
-                match h.kind {
-                    RecordKind::Write => {
-                        let o =
-                            r.at + HEADER_LEN + usize::try_from((s.lba - h.lba) * bs).unwrap_or(0);
-                        let n = usize::try_from(bytes).unwrap_or(0);
-                        writes.push((file_off, &chunk[o..o + n]));
-                    }
-                    RecordKind::Trim | RecordKind::Zero => punches.push((file_off, bytes)),
-                }
-            }
-            covered.insert(h.lba, u64::from(h.blocks), h.lsn, Source::Zero);
-        }
-        let wbytes: u64 = writes.iter().map(|w| w.1.len() as u64).sum();
-        fio.write_batch(&writes)?;
-        for (off, len) in punches {
-            fio.punch(off, len)?;
         }
         fio.sync()?;
         Stats::add(&inner.stats.fdatasyncs, 1);
         {
             let mut dirty = lock(&inner.dirty);
-            for r in &recs {
-                dirty.remove_if_lsn(r.hdr.lba, u64::from(r.hdr.blocks), r.hdr.lsn);
+            for &(lba, blocks, lsn) in &done {
+                dirty.remove_if_lsn(lba, u64::from(blocks), lsn);
             }
         }
-        let new_tail = tail + pos as u64;
+        let new_tail = cursor;
         let new_ckpt = expect - 1;
         inner.persist_sb(|sb| {
             sb.checkpoint_lsn = new_ckpt;
@@ -205,7 +183,7 @@ pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo, low: Option<f64>) -> Re
         inner.reclaim_seq.fetch_add(1, Ordering::SeqCst);
         lock(&inner.alloc).tail = new_tail;
         inner.wake_space_waiters();
-        let n = recs.len() as u64;
+        let n = done.len() as u64;
         total += n;
         Stats::add(&inner.stats.flusher_runs, 1);
         Stats::add(&inner.stats.flusher_records, n);
@@ -219,4 +197,99 @@ pub(crate) fn pass(inner: &Inner, fio: &mut dyn FlushIo, low: Option<f64>) -> Re
         );
     }
     Ok(total)
+}
+
+/// Read the records from WAL offset `at` (LSN `expect` on, up to `upto`)
+/// that lie wholly in one chunk, and write them back (not synced). Returns
+/// how many, the WAL offset after them, the bytes and the writes issued;
+/// appends `(lba, blocks, lsn)` of each to `done`.
+#[allow(clippy::too_many_arguments)]
+fn write_back_chunk(
+    inner: &Inner,
+    fio: &mut dyn FlushIo,
+    chunk: &mut Vec<u8>,
+    chunk_len: u64,
+    segs: &mut Vec<Segment>,
+    at: u64,
+    head: u64,
+    expect: u64,
+    upto: u64,
+    gen: u64,
+    done: &mut Vec<(u64, u32, u64)>,
+) -> Result<(u64, u64, u64, u64)> {
+    let bs = u64::from(inner.block_size);
+    // Read a chunk; a record larger than it is read on its own.
+    let mut want = (head - at).min(chunk_len);
+    let mut hb = [0u8; HEADER_LEN];
+    read_ring(inner, fio, at, &mut hb)?;
+    let first = RecordHeader::decode(&hb, inner.block_size)
+        .ok_or_else(|| Error::Corrupt(format!("no WAL record at LSN {expect}")))?;
+    want = want.max(first.stride());
+    chunk.resize(
+        usize::try_from(want).map_err(|_| Error::Corrupt("chunk".into()))?,
+        0,
+    );
+    read_ring(inner, fio, at, chunk)?;
+
+    // Parse records up to `upto` that lie wholly inside the chunk.
+    let mut recs = Vec::new();
+    let mut pos = 0usize;
+    let mut lsn = expect;
+    while lsn <= upto && pos + HEADER_LEN <= chunk.len() {
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&chunk[pos..pos + HEADER_LEN]);
+        let hdr = RecordHeader::decode(&h, inner.block_size).ok_or_else(|| {
+            Error::Corrupt(format!("WAL record LSN {lsn} unreadable before write-back"))
+        })?;
+        let stride = usize::try_from(hdr.stride()).unwrap_or(usize::MAX);
+        if pos.saturating_add(stride) > chunk.len() {
+            break;
+        }
+        let data = &chunk[pos + HEADER_LEN..pos + HEADER_LEN + hdr.data_len as usize];
+        if hdr.lsn != lsn || hdr.gen != gen || !RecordHeader::verify(&h, data) {
+            return Err(Error::Corrupt(format!(
+                "WAL record LSN {lsn} failed validation before write-back"
+            )));
+        }
+        recs.push(Rec { hdr, at: pos });
+        pos += stride;
+        lsn += 1;
+    }
+
+    // What to write: for every block, the newest record of this chunk
+    // that covers it. Not the dirty map's newest: a newer record beyond
+    // the batch may still be lost in a power failure, and the checkpoint
+    // will move past this one, so its data must reach the extent region.
+    let mut writes: Vec<(u64, &[u8])> = Vec::new();
+    let mut punches: Vec<(u64, u64)> = Vec::new();
+    let mut covered = DirtyMap::new(inner.block_size);
+    for r in recs.iter().rev() {
+        let h = &r.hdr;
+        covered.lookup(h.lba, u64::from(h.blocks), segs);
+        for s in segs.iter().filter(|s| s.dirty.is_none()) {
+            let file_off = inner.extent_offset + s.lba * bs;
+            let bytes = s.len * bs;
+            match h.kind {
+                RecordKind::Write => {
+                    let o = r.at + HEADER_LEN + usize::try_from((s.lba - h.lba) * bs).unwrap_or(0);
+                    let n = usize::try_from(bytes).unwrap_or(0);
+                    writes.push((file_off, &chunk[o..o + n]));
+                }
+                RecordKind::Trim | RecordKind::Zero => punches.push((file_off, bytes)),
+            }
+        }
+        covered.insert(h.lba, u64::from(h.blocks), h.lsn, Source::Zero);
+    }
+    let wbytes: u64 = writes.iter().map(|w| w.1.len() as u64).sum();
+    fio.write_batch(&writes)?;
+    for (off, len) in punches {
+        fio.punch(off, len)?;
+    }
+    done.extend(recs.iter().map(|r| (r.hdr.lba, r.hdr.blocks, r.hdr.lsn)));
+    Ok((
+        recs.len() as u64,
+        at + pos as u64,
+        wbytes,
+        writes.len() as u64,
+    ))
 }
