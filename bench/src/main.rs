@@ -126,9 +126,13 @@ enum Cmd {
         /// Write (else read).
         #[arg(long)]
         write: bool,
-        /// Commands in flight.
+        /// Commands in flight (in all queues).
         #[arg(long, default_value_t = 32)]
         qd: usize,
+        /// I/O queues, one TCP connection and one thread each (the Linux
+        /// host opens one per CPU).
+        #[arg(long, default_value_t = 1)]
+        queues: usize,
         /// Seconds.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
@@ -281,14 +285,19 @@ fn run(cli: Cli) -> Result<()> {
             io_size,
             write,
             qd,
+            queues,
             seconds,
             pid,
         } => {
-            let (_admin, mut q) = keel_bench::targets::nvmf_session_at(addr, &subsystem)?;
-            let m = keel_bench::targets::nvmf_measure(&mut q, pid, write, io_size, qd, seconds)?;
+            let (_admin, mut qs) =
+                keel_bench::targets::nvmf_session_queues(addr, &subsystem, queues)?;
+            let m = keel_bench::targets::nvmf_measure_queues(
+                &mut qs, pid, write, io_size, qd, seconds,
+            )?;
             println!(
-                "{} {io_size} B QD{qd}: {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs, target cpu/io {:.1} µs",
+                "{} {io_size} B QD{qd} ({queues} queue{}): {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs, target cpu/io {:.1} µs",
                 if write { "write" } else { "read" },
+                if queues == 1 { "" } else { "s" },
                 m.iops,
                 m.p50_us,
                 m.p99_us,

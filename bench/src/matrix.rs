@@ -581,10 +581,6 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
                 f(&r["keel_nvmf_over_tgt_iops"]),
             );
         }
-        let _ = writeln!(
-            s,
-            "\n![latency]({plots_rel}/latency.svg) ![CPU per I/O]({plots_rel}/cpu-per-io.svg)\n"
-        );
         let own = |w: &str| {
             t["iscsi_own"]
                 .as_array()
@@ -598,6 +594,25 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
             own("4k-randread-qd1"),
             own("4k-randread-qd32"),
             own("4k-randwrite-qd32"),
+        );
+        let mq = &t["nvmf_queues"];
+        if mq.is_object() {
+            let n = &mq["keel_nvmf"];
+            let _ = writeln!(
+                s,
+                "| 4k-randread-qd32, {} I/O queues (one per CPU, as the Linux host) | {:.0} | {:.0} | {:.0} | {:.1} | {} (own initiator) | {} (own initiator) |",
+                mq["queues"],
+                f(&n["iops"]),
+                f(&n["p50_us"]),
+                f(&n["p99_us"]),
+                f(&n["cpu_us_per_io"]),
+                ratio(f(&n["iops"]), f(&r32["keel_iscsi"]["iops"])),
+                ratio(f(&n["iops"]), f(&r32["tgt_iscsi"]["iops"])),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n![latency]({plots_rel}/latency.svg) ![CPU per I/O]({plots_rel}/cpu-per-io.svg)\n"
         );
         // Ratios of the medians (the table's numbers), not medians of the
         // per-run ratios.
@@ -658,15 +673,34 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
                 "NVMe/TCP 4k read QD32 vs keel iSCSI (both own clients)",
                 if kown > 0.0 { nvme / kown } else { 0.0 },
                 1.3,
-                "",
+                "one I/O queue, one iSCSI connection",
             );
             goal(
                 &mut goals,
                 "NVMe/TCP 4k read QD32 vs tgt (own clients)",
                 if tgt_own > 0.0 { nvme / tgt_own } else { 0.0 },
                 4.0,
-                "",
+                "one I/O queue",
             );
+            let mq = &t["nvmf_queues"];
+            let nq = f(&mq["keel_nvmf"]["iops"]);
+            if nq > 0.0 {
+                let qs = &mq["queues"];
+                goal(
+                    &mut goals,
+                    "NVMe/TCP 4k read QD32 vs keel iSCSI (both own clients)",
+                    if kown > 0.0 { nq / kown } else { 0.0 },
+                    1.3,
+                    &format!("{qs} I/O queues (one per CPU, as the Linux host), one iSCSI connection (open-iscsi's default)"),
+                );
+                goal(
+                    &mut goals,
+                    "NVMe/TCP 4k read QD32 vs tgt (own clients)",
+                    if tgt_own > 0.0 { nq / tgt_own } else { 0.0 },
+                    4.0,
+                    &format!("{qs} I/O queues"),
+                );
+            }
         }
     }
     let e = &v["engine"];
@@ -971,6 +1005,8 @@ mod tests {
         });
         let mut v = v;
         v["fio"] = json!({"error": "cannot run fio (apt-get install fio)"});
+        v["targets"]["nvmf_queues"] =
+            json!({"workload": "4k-randread-qd32", "queues": 2, "keel_nvmf": row(600.0, 1.0)});
         v["pollmodes"] = json!({"rows": [
             {"target": "keel busy", "iops": 36.0, "p50_us": 20.0, "cpu_us_per_io": 30.0},
             {"target": "keel adaptive", "iops": 30.0, "p50_us": 25.0, "cpu_us_per_io": 32.0},
@@ -999,6 +1035,8 @@ mod tests {
             ),
             "{md}"
         );
+        assert!(md.contains("| 4k-randread-qd32, 2 I/O queues (one per CPU, as the Linux host) | 600 | 10 | 20 | 1.0 | 1.50x (own initiator) | 6.00x (own initiator) |"), "{md}");
+        assert!(md.contains("| PASS | NVMe/TCP 4k read QD32 vs keel iSCSI (both own clients) | 1.50x | 1.3x | 2 I/O queues"), "{md}");
         assert!(md.contains("commit `abc`"));
         let dir = tempfile::tempdir().unwrap();
         let files = plots(&v, dir.path()).unwrap();

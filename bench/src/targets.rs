@@ -477,16 +477,35 @@ pub fn nvmf_session(k: &Keel) -> Result<(Queue, Queue)> {
 
 /// [`nvmf_session`] with subsystem `sub` at `addr`.
 pub fn nvmf_session_at(addr: SocketAddr, sub: &str) -> Result<(Queue, Queue)> {
+    let (admin, mut qs) = nvmf_session_queues(addr, sub, 1)?;
+    Ok((admin, qs.remove(0)))
+}
+
+/// [`nvmf_session_at`] with `n` I/O queues (one TCP connection each, as the
+/// Linux host opens one per CPU).
+pub fn nvmf_session_queues(addr: SocketAddr, sub: &str, n: usize) -> Result<(Queue, Vec<Queue>)> {
     let host = "nqn.2026-11.io.keel.bench:host";
     let (admin, cntlid) = Queue::admin(addr, sub, host, 0, false)?;
-    let mut q = Queue::io(addr, cntlid, 1, sub, host, false)?;
+    let mut qs = Vec::new();
+    for qid in 1..=n.max(1) {
+        qs.push(Queue::io(
+            addr,
+            cntlid,
+            u16::try_from(qid)?,
+            sub,
+            host,
+            false,
+        )?);
+    }
     // Precondition the 256 MiB region.
     let chunk = vec![0x5au8; 1 << 20];
     for i in 0..256u64 {
-        q.write(i * 256, &chunk, 4096, false)?;
+        qs[0].write(i * 256, &chunk, 4096, false)?;
     }
-    q.set_cork(true)?;
-    Ok((admin, q))
+    for q in &mut qs {
+        q.set_cork(true)?;
+    }
+    Ok((admin, qs))
 }
 
 /// One workload on an I/O queue of [`nvmf_session`]: random 4 KiB (or
@@ -499,6 +518,70 @@ pub fn nvmf_measure(
     qd: usize,
     seconds: f64,
 ) -> Result<Measure> {
+    nvmf_measure_queues(std::slice::from_mut(q), pid, write, size, qd, seconds)
+}
+
+/// [`nvmf_measure`] over several I/O queues, one thread each (as the Linux
+/// host submits from every CPU), `qd` commands in flight in all (spread
+/// evenly); sequential I/O runs one stream per queue.
+pub fn nvmf_measure_queues(
+    qs: &mut [Queue],
+    pid: u32,
+    write: bool,
+    size: usize,
+    qd: usize,
+    seconds: f64,
+) -> Result<Measure> {
+    let n = qs.len().max(1);
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(seconds);
+    let results: Vec<Result<(u64, Vec<u64>)>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = qs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, q)| {
+                let depth = qd / n + usize::from(i < qd % n);
+                sc.spawn(move || queue_load(q, write, size, depth, end, i, n))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("load thread panicked")))
+            })
+            .collect()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let mut ios = 0u64;
+    let mut lat = Vec::new();
+    for r in results {
+        let (n, l) = r?;
+        ios += n;
+        lat.extend(l);
+    }
+    let max_us = lat.iter().max().map_or(0.0, |&m| m as f64 / 1000.0);
+    Ok(Measure {
+        iops: ios as f64 / secs,
+        p50_us: percentile(&mut lat, 0.5),
+        p99_us: percentile(&mut lat, 0.99),
+        cpu_us_per_io: cpu / (ios.max(1) as f64) * 1e6,
+        max_us,
+    })
+}
+
+/// The load of one queue until `end`: I/Os done and their latencies (ns).
+fn queue_load(
+    q: &mut Queue,
+    write: bool,
+    size: usize,
+    qd: usize,
+    end: Instant,
+    index: usize,
+    queues: usize,
+) -> Result<(u64, Vec<u64>)> {
     use rand::Rng;
     let bs = 4096u64;
     let region = (256u64 << 20) / bs;
@@ -507,16 +590,14 @@ pub fn nvmf_measure(
     let data = vec![0xa5u8; size];
     let mut lat = Vec::new();
     let mut inflight = std::collections::HashMap::new();
-    let mut seq = 0u64;
-    let cpu0 = cpu_seconds(pid);
-    let t0 = Instant::now();
-    let end = t0 + Duration::from_secs_f64(seconds);
+    let span = region - u64::from(blocks);
+    let mut seq = span / queues as u64 * index as u64;
     let mut ios = 0u64;
     let mut next_lba = |rng: &mut rand::rngs::ThreadRng| {
         if size == 4096 {
             rng.gen_range(0..region)
         } else {
-            seq = (seq + u64::from(blocks)) % (region - u64::from(blocks));
+            seq = (seq + u64::from(blocks)) % span;
             seq
         }
     };
@@ -545,16 +626,7 @@ pub fn nvmf_measure(
             inflight.insert(submit(q, lba)?, Instant::now());
         }
     }
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
-    let max_us = lat.iter().max().map_or(0.0, |&m| m as f64 / 1000.0);
-    Ok(Measure {
-        iops: ios as f64 / secs,
-        p50_us: percentile(&mut lat, 0.5),
-        p99_us: percentile(&mut lat, 0.99),
-        cpu_us_per_io: cpu / (ios.max(1) as f64) * 1e6,
-        max_us,
-    })
+    Ok((ios, lat))
 }
 
 /// keel's NVMe/TCP host at each workload.
@@ -640,6 +712,13 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str, socket_io: &str) -> Result
     let k = Keel::start_with(&bin, &kdir, poll_mode, &["--socket-io", socket_io])?;
     eprintln!("keel-bench targets: keel NVMe/TCP (own host)...");
     let nvme = nvmf_keel(&k, seconds)?;
+    // The Linux host opens one I/O queue per CPU: 4 KiB reads at QD32 that
+    // way too (one connection and one thread per queue).
+    let queues = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let nvme_mq = {
+        let (_admin, mut qs) = nvmf_session_queues(k.nvmf, "nqn.2026-11.io.keel:vol0", queues)?;
+        nvmf_measure_queues(&mut qs, k.pid(), false, 4096, 32, seconds)?
+    };
     eprintln!("keel-bench targets: keel iSCSI (fio via qemu-storage-daemon, iscsi-perf)...");
     let kiscsi = fio_iscsi(k.iscsi, "iqn.2026-11.io.keel:vol0", 0, k.pid(), seconds)?;
     let kurl = format!("iscsi://{}/iqn.2026-11.io.keel:vol0/0", k.iscsi);
@@ -748,8 +827,9 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str, socket_io: &str) -> Result
             })
         })
         .collect();
+    let mq = json!({"workload": "4k-randread-qd32", "queues": queues, "keel_nvmf": row(&nvme_mq)});
     Ok(
-        json!({ "seconds": seconds, "poll_mode": poll_mode, "socket_io": socket_io, "rows": rows, "iscsi_perf": perf, "qemu_img_bench": qemu, "iscsi_own": own }),
+        json!({ "seconds": seconds, "poll_mode": poll_mode, "socket_io": socket_io, "rows": rows, "iscsi_perf": perf, "qemu_img_bench": qemu, "iscsi_own": own, "nvmf_queues": mq }),
     )
 }
 
@@ -846,6 +926,20 @@ pub fn table(v: &Value) -> String {
             r["tgt_iscsi"]["cpu_us_per_io"].as_f64().unwrap_or(0.0),
             r["keel_iscsi_over_tgt_iops"].as_f64().unwrap_or(0.0),
             r["keel_iscsi_over_tgt_cpu_per_io"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    let mq = &v["nvmf_queues"];
+    if mq.is_object() {
+        let own32 = v["iscsi_own"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["workload"] == "4k-randread-qd32"))
+            .map_or(0.0, |r| r["keel_iscsi"]["iops"].as_f64().unwrap_or(0.0));
+        let n = mq["keel_nvmf"]["iops"].as_f64().unwrap_or(0.0);
+        s.push_str(&format!(
+            "keel NVMe/TCP, {} I/O queues (one per CPU), 4k-randread-qd32: {}; / keel iSCSI (pipelined initiator) {:.2}x\n",
+            mq["queues"],
+            cell(&mq["keel_nvmf"]),
+            if own32 > 0.0 { n / own32 } else { 0.0 },
         ));
     }
     s.push_str("\nqemu-img bench (QEMU's iSCSI driver, 4 KiB sequential steps, QD32):\n");
