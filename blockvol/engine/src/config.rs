@@ -78,7 +78,8 @@ pub struct VolumeConfig {
     /// threshold (so the write is not throttled); otherwise, and when off,
     /// through the ring, where ext4 hands every buffered write to an io-wq
     /// worker thread. A durable (FUA or write-through) write is then
-    /// written the same way, and only its fdatasync goes through the ring.
+    /// written the same way and made durable by group commit's fdatasync,
+    /// never by a linked write+fdatasync.
     pub wal_inline_writes: bool,
     /// How long [`crate::Handle::wait`] polls for a completion before it
     /// sleeps, when operations are in flight (0: sleep at once).

@@ -143,8 +143,7 @@ pub struct StatsSnapshot {
     pub flush_ops: u64,
     /// fdatasync calls by group commit, the flusher and linked writes.
     pub fdatasyncs: u64,
-    /// Durable writes done as a write followed by their own fdatasync (a
-    /// linked write+fdatasync, or an inline write and an fdatasync SQE).
+    /// Durable writes done as one linked write+fdatasync.
     pub linked_syncs: u64,
     /// WAL writes that went to the kernel coalesced with neighbours in one
     /// `writev` (io_uring backend).

@@ -70,8 +70,8 @@ fn short_write_on(backend: BackendMode) {
         // Keep 32 writes in flight (they coalesce) until the first failure.
         while failed.is_empty() && in_flight.len() < 32 && next < 200 {
             let fill = (next % 251) as u8 + 1;
-            // Every 16th durable at completion (a linked write+fdatasync,
-            // not coalesced).
+            // Every 16th durable at completion (group commit waits for
+            // it).
             let op = Op::Write {
                 lba: next,
                 buf: vec![fill; 4096],

@@ -1,6 +1,6 @@
 //! The io_uring backend: each handle owns a ring; a durable write is one
-//! linked writev+fdatasync chain (or, with inline WAL writes, a `pwritev` on
-//! the submitting thread followed by an fdatasync SQE); the flusher reads
+//! linked writev+fdatasync chain (with inline WAL writes, the handle sends
+//! durable writes through group commit instead); the flusher reads
 //! and syncs through its own ring and writes its write-back itself.
 //!
 //! WAL writes without a linked sync are coalesced: they wait in a list until
@@ -401,9 +401,6 @@ impl UringExec {
                 sync,
             } => {
                 let mut start = 0usize;
-                // (fd, offset, first iovec, iovecs, bytes) of each piece.
-                let mut writes = [(0, 0u64, 0usize, 0usize, 0u64); 2];
-                let mut nwrites = 0usize;
                 for (pi, &(off, len)) in pieces.iter().enumerate() {
                     if len == 0 {
                         continue;
@@ -425,28 +422,12 @@ impl UringExec {
                     }
                     let (wfd, woff) = fds.route(off);
                     let iovcnt = if cnt == 2 { 2 } else { 1 };
-                    writes[nwrites] = (wfd, woff, pi * 2, iovcnt as usize, len);
-                    nwrites += 1;
                     let e = opcode::Writev::new(types::Fd(wfd), fl.iov[pi * 2..].as_ptr(), iovcnt)
                         .offset(woff)
                         .build()
                         .user_data(ud(i));
                     sqes.push(e);
                     start += len_us;
-                }
-                // A durable write whose data the page cache takes at once:
-                // written here, so only its fdatasync goes to the kernel
-                // (an io-wq worker) instead of a linked write+fdatasync,
-                // whose buffered write ext4 also punts to a worker. The
-                // sync starts after the write returned, so it covers it.
-                if *sync
-                    && self.inline
-                    && writes[..nwrites].iter().all(|&(wfd, woff, i, n, len)| {
-                        write_inline(wfd, &fl.iov[i..i + n], woff, len)
-                    })
-                {
-                    sqes.clear();
-                    self.inline_writes += 1;
                 }
                 if *sync {
                     if let Some(last) = sqes.pop() {
