@@ -129,6 +129,9 @@ enum Cmd {
         /// Commands in flight (in all queues).
         #[arg(long, default_value_t = 32)]
         qd: usize,
+        /// Writes with Force Unit Access (durable at completion).
+        #[arg(long)]
+        fua: bool,
         /// I/O queues, one TCP connection and one thread each (the Linux
         /// host opens one per CPU).
         #[arg(long, default_value_t = 1)]
@@ -285,6 +288,7 @@ fn run(cli: Cli) -> Result<()> {
             io_size,
             write,
             qd,
+            fua,
             queues,
             seconds,
             pid,
@@ -292,11 +296,12 @@ fn run(cli: Cli) -> Result<()> {
             let (_admin, mut qs) =
                 keel_bench::targets::nvmf_session_queues(addr, &subsystem, queues)?;
             let m = keel_bench::targets::nvmf_measure_queues(
-                &mut qs, pid, write, io_size, qd, seconds,
+                &mut qs, pid, write, fua, io_size, qd, seconds,
             )?;
             println!(
-                "{} {io_size} B QD{qd} ({queues} queue{}): {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs, target cpu/io {:.1} µs",
+                "{}{} {io_size} B QD{qd} ({queues} queue{}): {:.0} IOPS, p50 {:.0} µs, p99 {:.0} µs, target cpu/io {:.1} µs",
                 if write { "write" } else { "read" },
+                if write && fua { " (FUA)" } else { "" },
                 if queues == 1 { "" } else { "s" },
                 m.iops,
                 m.p50_us,

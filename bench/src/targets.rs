@@ -518,16 +518,27 @@ pub fn nvmf_measure(
     qd: usize,
     seconds: f64,
 ) -> Result<Measure> {
-    nvmf_measure_queues(std::slice::from_mut(q), pid, write, size, qd, seconds)
+    nvmf_measure_queues(
+        std::slice::from_mut(q),
+        pid,
+        write,
+        false,
+        size,
+        qd,
+        seconds,
+    )
 }
 
 /// [`nvmf_measure`] over several I/O queues, one thread each (as the Linux
 /// host submits from every CPU), `qd` commands in flight in all (spread
-/// evenly); sequential I/O runs one stream per queue.
+/// evenly); sequential I/O runs one stream per queue. `fua`: writes with
+/// Force Unit Access (durable at completion).
+#[allow(clippy::too_many_arguments)]
 pub fn nvmf_measure_queues(
     qs: &mut [Queue],
     pid: u32,
     write: bool,
+    fua: bool,
     size: usize,
     qd: usize,
     seconds: f64,
@@ -542,7 +553,7 @@ pub fn nvmf_measure_queues(
             .enumerate()
             .map(|(i, q)| {
                 let depth = qd / n + usize::from(i < qd % n);
-                sc.spawn(move || queue_load(q, write, size, depth, end, i, n))
+                sc.spawn(move || queue_load(q, write, fua, size, depth, end, i, n))
             })
             .collect();
         handles
@@ -573,9 +584,11 @@ pub fn nvmf_measure_queues(
 }
 
 /// The load of one queue until `end`: I/Os done and their latencies (ns).
+#[allow(clippy::too_many_arguments)]
 fn queue_load(
     q: &mut Queue,
     write: bool,
+    fua: bool,
     size: usize,
     qd: usize,
     end: Instant,
@@ -602,7 +615,7 @@ fn queue_load(
         }
     };
     let submit = |q: &mut Queue, lba: u64| -> Result<u16> {
-        let mut s = Queue::rw_sqe(write, lba, blocks, false);
+        let mut s = Queue::rw_sqe(write, lba, blocks, fua);
         if write {
             Ok(q.submit(s, &data)?)
         } else {
@@ -717,7 +730,7 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str, socket_io: &str) -> Result
     let queues = std::thread::available_parallelism().map_or(1, |n| n.get());
     let nvme_mq = {
         let (_admin, mut qs) = nvmf_session_queues(k.nvmf, "nqn.2026-11.io.keel:vol0", queues)?;
-        nvmf_measure_queues(&mut qs, k.pid(), false, 4096, 32, seconds)?
+        nvmf_measure_queues(&mut qs, k.pid(), false, false, 4096, 32, seconds)?
     };
     eprintln!("keel-bench targets: keel iSCSI (fio via qemu-storage-daemon, iscsi-perf)...");
     let kiscsi = fio_iscsi(k.iscsi, "iqn.2026-11.io.keel:vol0", 0, k.pid(), seconds)?;
