@@ -24,7 +24,8 @@ use serde_json::{json, Value};
 
 use crate::plots::{bar_chart, line_chart, Series};
 use crate::targets::{
-    keel_volume_bin, nvmf_measure, nvmf_session, own_iscsi_one, Keel, Measure, Tgt, TGT_IQN,
+    keel_volume_bin, nvmf_measure, nvmf_session, own_iscsi_one, queue_count, Keel, Measure, Tgt,
+    TGT_IQN,
 };
 
 /// Markers of the generated part of the markdown file.
@@ -601,7 +602,7 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
             let _ = writeln!(
                 s,
                 "| 4k-randread-qd32, {} I/O queues (one per CPU, as the Linux host) | {:.0} | {:.0} | {:.0} | {:.1} | {} (own initiator) | {} (own initiator) |",
-                mq["queues"],
+                queue_count(&mq["queues"]),
                 f(&n["iops"]),
                 f(&n["p50_us"]),
                 f(&n["p99_us"]),
@@ -685,7 +686,7 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
             let mq = &t["nvmf_queues"];
             let nq = f(&mq["keel_nvmf"]["iops"]);
             if nq > 0.0 {
-                let qs = &mq["queues"];
+                let qs = queue_count(&mq["queues"]);
                 goal(
                     &mut goals,
                     "NVMe/TCP 4k read QD32 vs keel iSCSI (both own clients)",

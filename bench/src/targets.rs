@@ -846,6 +846,14 @@ pub fn run(dir: &Path, seconds: f64, poll_mode: &str, socket_io: &str) -> Result
     )
 }
 
+/// The I/O queue count of a report (a median of runs: it may come back as
+/// a float).
+pub fn queue_count(v: &Value) -> u64 {
+    v.as_u64()
+        .or_else(|| v.as_f64().map(|f| f.round().max(0.0) as u64))
+        .unwrap_or(0)
+}
+
 /// Per-leaf medians of several runs of [`run`] (same shape): every number
 /// becomes the median of that number across runs.
 pub fn median_of(runs: &[Value]) -> Value {
@@ -950,7 +958,7 @@ pub fn table(v: &Value) -> String {
         let n = mq["keel_nvmf"]["iops"].as_f64().unwrap_or(0.0);
         s.push_str(&format!(
             "keel NVMe/TCP, {} I/O queues (one per CPU), 4k-randread-qd32: {}; / keel iSCSI (pipelined initiator) {:.2}x\n",
-            mq["queues"],
+            queue_count(&mq["queues"]),
             cell(&mq["keel_nvmf"]),
             if own32 > 0.0 { n / own32 } else { 0.0 },
         ));
