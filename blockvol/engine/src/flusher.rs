@@ -69,8 +69,9 @@ pub(crate) fn run(inner: &Arc<Inner>) {
             (req.stop, kicked)
         };
         // Kicked by WAL pressure: write back in large batches down to half
-        // the threshold, then let the WAL fill again (every batch costs two
-        // fdatasyncs that durable writes wait behind). On the interval and
+        // the threshold, then let the WAL fill again (every batch costs an
+        // extent fdatasync and a superblock write that durable writes wait
+        // behind). On the interval and
         // at close: everything.
         let low = if kicked && !stop {
             Some(inner.cfg.flush_threshold / 2.0)
@@ -82,6 +83,11 @@ pub(crate) fn run(inner: &Arc<Inner>) {
                 Stats::add(&inner.stats.flusher_errors, 1);
                 inner.fail(&format!("flusher: {e}"));
             }
+        }
+        // The read buffer (up to 8 MiB) is kept only while the WAL is under
+        // pressure: a server with many quiet volumes does not hold one each.
+        if low.is_none() {
+            chunk = Vec::new();
         }
         if stop {
             return;
