@@ -5,8 +5,8 @@
 //! watermark in large chunks; for every block, write back the newest record
 //! of the chunk that covers it; after a batch of chunks, sync; drop those
 //! dirty-map entries; persist the new checkpoint and tail; only then let
-//! writers reuse the space (bumping `reclaim_seq` first, so a read that raced with the
-//! reuse notices and retries).
+//! writers reuse the space (bumping `reclaim_seq` first, so a read that
+//! raced with the reuse notices and retries).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -71,8 +71,7 @@ pub(crate) fn run(inner: &Arc<Inner>) {
         // Kicked by WAL pressure: write back in large batches down to half
         // the threshold, then let the WAL fill again (every batch costs an
         // extent fdatasync and a superblock write that durable writes wait
-        // behind). On the interval and
-        // at close: everything.
+        // behind). On the interval and at close: everything.
         let low = if kicked && !stop {
             Some(inner.cfg.flush_threshold / 2.0)
         } else {
