@@ -39,7 +39,11 @@ fn flush_io(inner: &Inner) -> Box<dyn FlushIo> {
     #[cfg(feature = "backend-uring")]
     #[allow(irrefutable_let_patterns)] // one variant when std is compiled out
     if let crate::volume::BackendKind::Uring { fds } = inner.backend {
-        match crate::backend::engine_uring::UringFlushIo::new(fds, inner.cfg.uring_entries) {
+        match crate::backend::engine_uring::UringFlushIo::new(
+            fds,
+            inner.cfg.uring_entries,
+            Arc::clone(&inner.storage),
+        ) {
             Ok(f) => return Box::new(f),
             Err(e) => tracing::warn!("flusher: io_uring unavailable ({e}); using pwrite"),
         }

@@ -7,7 +7,8 @@
 //! fails, the volume fails (later writes are refused, never acknowledged),
 //! and after reopening without the limit every write acknowledged before
 //! the failure reads back: nothing acknowledged lies behind the torn
-//! record where replay stops.
+//! record where replay stops. The same limit then makes the flusher's
+//! write-back fail, which must fail the volume and lose nothing.
 #![allow(clippy::cast_possible_truncation)] // test arithmetic on small values
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ fn a_short_wal_write_fails_the_volume_and_loses_nothing_acknowledged() {
     // One after the other: the limit is per process.
     for backend in [BackendMode::IoUring, BackendMode::Standard] {
         short_write_on(backend);
+        failed_write_back_on(backend);
     }
 }
 
@@ -138,6 +140,59 @@ fn short_write_on(backend: BackendMode) {
     // The volume takes writes again.
     sh.write(500, &[9u8; 4096], true).unwrap();
     assert_eq!(sh.read(500, 1).unwrap(), vec![9u8; 4096]);
+    drop(sh);
+    vol.close().unwrap();
+}
+
+/// The flusher's write-back fails (an extent write past the file-size
+/// limit: EFBIG): the volume fails, the checkpoint does not move, and
+/// after reopening without the limit replay brings back every write, the
+/// ones the flusher could not write included.
+fn failed_write_back_on(backend: BackendMode) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.keel");
+    let opts = CreateOptions {
+        size: 8 << 20,
+        block_size: 4096,
+        wal_size: 1 << 20,
+    };
+    let cfg = VolumeConfig {
+        backend,
+        flush_interval: Duration::from_millis(5),
+        ..Default::default()
+    };
+    let vol = Volume::create(&path, &opts, &cfg).unwrap();
+    // The meta file (superblock and WAL, about 1 MiB) stays below the
+    // limit; extent blocks from LBA 512 on lie past it.
+    set_fsize_limit(2 << 20);
+    let mut sh = SyncHandle::new(vol.handle().unwrap());
+    let lbas: Vec<u64> = (0..8).chain(1000..1008).collect();
+    for (i, &lba) in lbas.iter().enumerate() {
+        sh.write(lba, &[i as u8 + 1; 4096], i % 3 == 0).unwrap();
+    }
+    sh.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vol.status().failed.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = vol.status();
+    assert!(st.failed.is_some(), "the write-back never failed: {st:?}");
+    assert!(st.stats.flusher_errors > 0, "{st:?}");
+    let e = sh.write(9, &[7u8; 4096], false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Failed, "{e}");
+    drop(sh);
+    let _ = vol.close();
+
+    set_fsize_limit(libc::RLIM_INFINITY);
+    let vol = Volume::open(&path, &VolumeConfig::default()).unwrap();
+    let mut sh = SyncHandle::new(vol.handle().unwrap());
+    for (i, &lba) in lbas.iter().enumerate() {
+        assert_eq!(
+            sh.read(lba, 1).unwrap(),
+            vec![i as u8 + 1; 4096],
+            "{backend:?}: write at LBA {lba} lost"
+        );
+    }
     drop(sh);
     vol.close().unwrap();
 }

@@ -574,42 +574,24 @@ impl Drop for UringExec {
     }
 }
 
-/// Write all of `buf` at `off` of `fd` on the calling thread.
-fn pwrite_all(fd: RawFd, mut buf: &[u8], mut off: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        let at = i64::try_from(off).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: `buf` is a live slice of `buf.len()` readable bytes for the
-        // whole call; the kernel only reads it.
-        let r = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), at) };
-        match usize::try_from(r) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "pwrite wrote 0")),
-            Ok(n) => {
-                buf = &buf[n..];
-                off += n as u64;
-            }
-            Err(_) => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Flusher I/O: reads, hole punches and the sync on a private ring; the
 /// extent writes by the flusher thread itself (see `write_batch`).
 pub(crate) struct UringFlushIo {
     ring: IoUring,
     fds: Fds,
+    storage: std::sync::Arc<dyn crate::storage::Storage>,
 }
 
 impl UringFlushIo {
-    pub fn new(fds: Fds, entries: u32) -> io::Result<UringFlushIo> {
+    pub fn new(
+        fds: Fds,
+        entries: u32,
+        storage: std::sync::Arc<dyn crate::storage::Storage>,
+    ) -> io::Result<UringFlushIo> {
         Ok(UringFlushIo {
             ring: IoUring::new(entries)?,
             fds,
+            storage,
         })
     }
 
@@ -677,16 +659,15 @@ impl FlushIo for UringFlushIo {
         self.run(&entries)
     }
 
-    /// Written by this thread with `pwrite`, not through the ring: ext4
-    /// cannot take a buffered write without blocking, so io_uring hands
-    /// every write SQE to an io-wq worker, and a pass of ~2000 random 4 KiB
+    /// Written by this thread (`Storage::write_at`, a `pwrite`), not
+    /// through the ring: ext4 cannot take a buffered write without
+    /// blocking, so io_uring hands every write SQE to an io-wq worker, and a pass of ~2000 random 4 KiB
     /// blocks became ~2000 hand-offs between threads. The flusher is its own
     /// thread and may block (docs/performance.md: 4 KiB random writes at
     /// QD32 83K -> 101K IOPS).
     fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()> {
         for &(off, b) in writes {
-            let (fd, at) = self.fds.route(off);
-            pwrite_all(fd, b, at)?;
+            self.storage.write_at(&[b], off)?;
         }
         Ok(())
     }
