@@ -95,6 +95,21 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// 4 KiB random reads at `qd` from keel's `vol0` with the own iSCSI
+/// initiator.
+fn keel_iscsi_read(k: &Keel, qd: usize, seconds: f64) -> Result<Measure> {
+    own_iscsi_one(
+        k.iscsi,
+        "iqn.2026-11.io.keel:vol0",
+        0,
+        4096,
+        k.pid(),
+        false,
+        qd,
+        seconds,
+    )
+}
+
 /// The QD sweep: per run, keel (NVMe/TCP and iSCSI on one server) then tgt.
 fn sweep(dir: &Path, runs: usize, seconds: f64) -> Result<Value> {
     let bin = keel_volume_bin()?;
@@ -107,16 +122,7 @@ fn sweep(dir: &Path, runs: usize, seconds: f64) -> Result<Value> {
         let (_admin, mut q) = nvmf_session(&k)?;
         for (i, &qd) in SWEEP_QDS.iter().enumerate() {
             s[0][i].push(nvmf_measure(&mut q, k.pid(), false, 4096, qd, seconds)?.iops);
-            let m = own_iscsi_one(
-                k.iscsi,
-                "iqn.2026-11.io.keel:vol0",
-                0,
-                4096,
-                k.pid(),
-                false,
-                qd,
-                seconds,
-            )?;
+            let m = keel_iscsi_read(&k, qd, seconds)?;
             s[1][i].push(m.iops);
         }
         drop(q);
@@ -167,16 +173,7 @@ fn pollmodes(dir: &Path, runs: usize, seconds: f64) -> Result<Value> {
         for (i, mode) in POLL_MODES.iter().enumerate() {
             let kdir = tempfile::tempdir_in(dir)?;
             let k = Keel::start(&bin, kdir.path(), mode)?;
-            let m = own_iscsi_one(
-                k.iscsi,
-                "iqn.2026-11.io.keel:vol0",
-                0,
-                4096,
-                k.pid(),
-                false,
-                1,
-                seconds,
-            )?;
+            let m = keel_iscsi_read(&k, 1, seconds)?;
             push(i, &m);
         }
         let tdir = tempfile::tempdir_in(dir)?;

@@ -79,10 +79,9 @@ fn bursts_of_writes_are_coalesced_and_read_back() {
     }
 }
 
-fn bursts_of_writes(inline: bool) {
-    use keel_blockvol::Op;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.keel");
+/// A scratch directory, an io_uring configuration with inline WAL writes
+/// on or off, and a 4 MiB volume with a 512 KiB WAL.
+fn uring_setup(inline: bool) -> (tempfile::TempDir, VolumeConfig, CreateOptions) {
     let cfg = VolumeConfig {
         backend: BackendMode::IoUring,
         wal_inline_writes: inline,
@@ -93,6 +92,13 @@ fn bursts_of_writes(inline: bool) {
         block_size: 4096,
         wal_size: 512 << 10,
     };
+    (tempfile::tempdir().unwrap(), cfg, opts)
+}
+
+fn bursts_of_writes(inline: bool) {
+    use keel_blockvol::Op;
+    let (dir, cfg, opts) = uring_setup(inline);
+    let path = dir.path().join("v.keel");
     let blocks = (opts.size / 4096) as usize;
     let vol = Volume::create(&path, &opts, &cfg).unwrap();
     let mut model = vec![0u8; blocks];
@@ -168,18 +174,8 @@ fn bursts_of_writes(inline: bool) {
 #[test]
 fn durable_writes_written_inline_go_through_group_commit() {
     for inline in [true, false] {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, cfg, opts) = uring_setup(inline);
         let path = dir.path().join("v.keel");
-        let cfg = VolumeConfig {
-            backend: BackendMode::IoUring,
-            wal_inline_writes: inline,
-            ..Default::default()
-        };
-        let opts = CreateOptions {
-            size: 4 << 20,
-            block_size: 4096,
-            wal_size: 512 << 10,
-        };
         let vol = Volume::create(&path, &opts, &cfg).unwrap();
         let mut s = SyncHandle::new(vol.handle().unwrap());
         let before = vol.status().stats;
