@@ -3,10 +3,11 @@
 //!
 //! One pass: read the records between the checkpoint and the written
 //! watermark in large chunks; for every block, write back the newest record
-//! of the chunk that covers it; after a batch of chunks, sync; drop those
-//! dirty-map entries; persist the new checkpoint and tail; only then let
-//! writers reuse the space (bumping `reclaim_seq` first, so a read that
-//! raced with the reuse notices and retries).
+//! of the chunk that covers it; after a batch of chunks, sync the extent
+//! region (on a thread of its own, while the next batch is written back);
+//! after the sync, drop those dirty-map entries; persist the new checkpoint
+//! and tail; only then let writers reuse the space (bumping `reclaim_seq`
+//! first, so a read that raced with the reuse notices and retries).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -116,6 +117,37 @@ struct Rec {
     at: usize,
 }
 
+/// A batch written back to the extent region (not yet durable).
+struct Batch {
+    /// WAL offset after its last record: the new tail.
+    end: u64,
+    /// LSN of its last record: the new checkpoint.
+    last_lsn: u64,
+    /// `(lba, blocks, lsn)` of every record.
+    done: Vec<(u64, u32, u64)>,
+    /// Bytes written back.
+    bytes: u64,
+}
+
+/// The extent sync of a batch: on its own thread, or done already when no
+/// thread could be started.
+enum ExtentSync<'s> {
+    Thread(std::thread::ScopedJoinHandle<'s, std::io::Result<()>>),
+    Done(std::io::Result<()>),
+}
+
+impl ExtentSync<'_> {
+    fn wait(self) -> Result<()> {
+        match self {
+            ExtentSync::Thread(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("extent sync thread panicked")))?,
+            ExtentSync::Done(r) => r?,
+        }
+        Ok(())
+    }
+}
+
 /// Write back what is written, down to a WAL fill of `low` (all of it when
 /// `None`). Returns the records written back. `chunk` is the read buffer,
 /// kept by the caller between passes.
@@ -125,6 +157,14 @@ struct Rec {
 /// written back under one sync and one superblock update.
 /// Chunks are written in LSN order, so a block written by two chunks of a
 /// batch ends with the newer record.
+///
+/// Pipelined: a batch's extent fdatasync runs on a thread of its own while
+/// this one writes back the next batch (the CPU work of a batch and the
+/// disk's work of the one before overlap); a batch is committed
+/// (dirty-map entries dropped, superblock persisted, WAL space freed) only
+/// after its sync returned. The sync covers every write made before it
+/// started, and maybe some of the next batch's: those are only durable
+/// early, and the next commit does not count on it.
 pub(crate) fn pass(
     inner: &Inner,
     fio: &mut dyn FlushIo,
@@ -132,72 +172,86 @@ pub(crate) fn pass(
     chunk: &mut Vec<u8>,
 ) -> Result<u64> {
     let started = Instant::now();
-    let chunk_len = chunk_size(inner.wal_size);
-    let mut total = 0u64;
-    let mut segs: Vec<Segment> = Vec::new();
-    let mut done: Vec<(u64, u32, u64)> = Vec::new();
-    loop {
-        let upto = inner.gc.written();
-        let (tail, ckpt, gen) = {
-            let st = lock(&inner.sb);
-            (st.sb.wal_tail, st.sb.checkpoint_lsn, st.sb.wal_gen)
-        };
-        if upto <= ckpt {
-            break;
-        }
-        let head = lock(&inner.alloc).head;
-        let above_low =
-            |at: u64| low.is_none_or(|low| ((head - at) as f64) >= low * inner.wal_size as f64);
-        if !above_low(tail) {
-            break;
-        }
-        let mut cursor = tail;
-        let mut expect = ckpt + 1;
-        let mut wbytes = 0u64;
-        let mut nwrites = 0u64;
-        done.clear();
-        while expect <= upto
-            && cursor - tail < CHUNKS_PER_SYNC * chunk_len
-            && wbytes <= nwrites * SCATTERED_WRITE
-            && (cursor == tail || above_low(cursor))
-        {
-            let (n, next, bytes, writes) = write_back_chunk(
-                inner, fio, chunk, chunk_len, &mut segs, cursor, head, expect, upto, gen, &mut done,
-            )?;
-            if n == 0 {
+    let total = std::thread::scope(|scope| -> Result<u64> {
+        let chunk_len = chunk_size(inner.wal_size);
+        let mut total = 0u64;
+        let mut segs: Vec<Segment> = Vec::new();
+        let mut spare: Vec<(u64, u32, u64)> = Vec::new();
+        let mut syncing: Option<(Batch, ExtentSync<'_>)> = None;
+        loop {
+            let upto = inner.gc.written();
+            let (tail, ckpt, gen) = {
+                let st = lock(&inner.sb);
+                (st.sb.wal_tail, st.sb.checkpoint_lsn, st.sb.wal_gen)
+            };
+            // The next batch starts after the one being synced.
+            let (from, first) = match &syncing {
+                Some((b, _)) => (b.end, b.last_lsn + 1),
+                None => (tail, ckpt + 1),
+            };
+            if upto < first {
                 break;
             }
-            cursor = next;
-            expect += n;
-            wbytes += bytes;
-            nwrites += writes;
-        }
-        if done.is_empty() {
-            return Err(Error::Corrupt("flusher made no progress".into()));
-        }
-        fio.sync()?;
-        Stats::add(&inner.stats.fdatasyncs, 1);
-        {
-            let mut dirty = lock(&inner.dirty);
-            for &(lba, blocks, lsn) in &done {
-                dirty.remove_if_lsn(lba, u64::from(blocks), lsn);
+            let head = lock(&inner.alloc).head;
+            let above_low =
+                |at: u64| low.is_none_or(|low| ((head - at) as f64) >= low * inner.wal_size as f64);
+            if !above_low(from) {
+                break;
+            }
+            let mut done = std::mem::take(&mut spare);
+            done.clear();
+            let mut cursor = from;
+            let mut expect = first;
+            let mut wbytes = 0u64;
+            let mut nwrites = 0u64;
+            while expect <= upto
+                && cursor - from < CHUNKS_PER_SYNC * chunk_len
+                && wbytes <= nwrites * SCATTERED_WRITE
+                && (cursor == from || above_low(cursor))
+            {
+                let (n, next, bytes, writes) = write_back_chunk(
+                    inner, fio, chunk, chunk_len, &mut segs, cursor, head, expect, upto, gen,
+                    &mut done,
+                )?;
+                if n == 0 {
+                    break;
+                }
+                cursor = next;
+                expect += n;
+                wbytes += bytes;
+                nwrites += writes;
+            }
+            if done.is_empty() {
+                return Err(Error::Corrupt("flusher made no progress".into()));
+            }
+            let batch = Batch {
+                end: cursor,
+                last_lsn: expect - 1,
+                done,
+                bytes: wbytes,
+            };
+            // The previous batch's sync was running while this one was
+            // written back: wait for it, start this one's, then commit the
+            // previous batch while this sync runs.
+            let prev = match syncing.take() {
+                Some((b, sync)) => {
+                    sync.wait()?;
+                    Some(b)
+                }
+                None => None,
+            };
+            syncing = Some((batch, start_sync(inner, scope)));
+            if let Some(b) = prev {
+                total += commit(inner, &b)?;
+                spare = b.done;
             }
         }
-        let new_tail = cursor;
-        let new_ckpt = expect - 1;
-        inner.persist_sb(|sb| {
-            sb.checkpoint_lsn = new_ckpt;
-            sb.wal_tail = new_tail;
-        })?;
-        inner.reclaim_seq.fetch_add(1, Ordering::SeqCst);
-        lock(&inner.alloc).tail = new_tail;
-        inner.wake_space_waiters();
-        let n = done.len() as u64;
-        total += n;
-        Stats::add(&inner.stats.flusher_runs, 1);
-        Stats::add(&inner.stats.flusher_records, n);
-        Stats::add(&inner.stats.flusher_bytes, wbytes);
-    }
+        if let Some((b, sync)) = syncing.take() {
+            sync.wait()?;
+            total += commit(inner, &b)?;
+        }
+        Ok(total)
+    })?;
     if total > 0 {
         tracing::trace!(
             records = total,
@@ -206,6 +260,48 @@ pub(crate) fn pass(
         );
     }
     Ok(total)
+}
+
+/// Start the extent fdatasync on its own thread (inline when no thread can
+/// be started).
+fn start_sync<'s>(inner: &'s Inner, scope: &'s std::thread::Scope<'s, '_>) -> ExtentSync<'s> {
+    Stats::add(&inner.stats.fdatasyncs, 1);
+    let storage = &*inner.storage;
+    let at = inner.extent_offset;
+    match std::thread::Builder::new()
+        .name("keel-extsync".into())
+        .spawn_scoped(scope, move || storage.sync_extents(at))
+    {
+        Ok(h) => ExtentSync::Thread(h),
+        Err(e) => {
+            tracing::debug!("flusher: no sync thread ({e}); syncing inline");
+            ExtentSync::Done(storage.sync_extents(at))
+        }
+    }
+}
+
+/// After its sync: drop the batch's dirty-map entries (those no newer write
+/// replaced), persist the new checkpoint and tail, free the WAL space.
+/// Returns the records committed.
+fn commit(inner: &Inner, b: &Batch) -> Result<u64> {
+    {
+        let mut dirty = lock(&inner.dirty);
+        for &(lba, blocks, lsn) in &b.done {
+            dirty.remove_if_lsn(lba, u64::from(blocks), lsn);
+        }
+    }
+    inner.persist_sb(|sb| {
+        sb.checkpoint_lsn = b.last_lsn;
+        sb.wal_tail = b.end;
+    })?;
+    inner.reclaim_seq.fetch_add(1, Ordering::SeqCst);
+    lock(&inner.alloc).tail = b.end;
+    inner.wake_space_waiters();
+    let n = b.done.len() as u64;
+    Stats::add(&inner.stats.flusher_runs, 1);
+    Stats::add(&inner.stats.flusher_records, n);
+    Stats::add(&inner.stats.flusher_bytes, b.bytes);
+    Ok(n)
 }
 
 /// Read the records from WAL offset `at` (LSN `expect` on, up to `upto`)

@@ -694,13 +694,4 @@ impl FlushIo for UringFlushIo {
             r => r,
         }
     }
-
-    fn sync(&mut self) -> io::Result<()> {
-        // Write-back lands in the extent file; the superblock update that
-        // follows syncs the meta file itself.
-        let e = opcode::Fsync::new(types::Fd(self.fds.extent))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build();
-        self.run(&[(e, 0)])
-    }
 }

@@ -79,8 +79,6 @@ pub(crate) trait FlushIo: Send {
     fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()>;
     /// Deallocate ranges.
     fn punch(&mut self, off: u64, len: u64) -> io::Result<()>;
-    /// Make the extent region durable (fdatasync of the extent file).
-    fn sync(&mut self) -> io::Result<()>;
 }
 
 /// Flusher I/O over a [`Storage`], one call at a time.
@@ -100,9 +98,6 @@ impl FlushIo for StdFlushIo {
     }
     fn punch(&mut self, off: u64, len: u64) -> io::Result<()> {
         self.storage.punch_hole(off, len)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.storage.sync_data()
     }
 }
 
