@@ -18,6 +18,7 @@
 //! dirty-map lookup) will live in `benches/`.
 
 pub mod engine;
+pub mod floor;
 pub mod hist;
 pub mod iscsi_load;
 pub mod machine;

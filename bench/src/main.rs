@@ -177,6 +177,16 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         pid: u32,
     },
+    /// The loopback floor of a QD1 4 KiB read: a bare echo thread answering
+    /// each 48-byte request with 4144 bytes over 127.0.0.1, no storage, no
+    /// protocol, spinning on a non-blocking socket and then blocking in
+    /// `read`, against a client that blocks for each answer: the most any
+    /// target can reach at QD1 on this machine with such a client.
+    Floor {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// The volume engine on every compiled backend against the raw
     /// pwrite+fdatasync limit of the same file system.
     ///
@@ -308,6 +318,20 @@ fn run(cli: Cli) -> Result<()> {
                 m.p99_us,
                 m.cpu_us_per_io
             );
+            Ok(())
+        }
+        Cmd::Floor { seconds } => {
+            for spin in [true, false] {
+                let m = keel_bench::floor::measure(spin, seconds)?;
+                println!(
+                    "{} echo: {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs, echo cpu/io {:.1} µs",
+                    if spin { "spinning" } else { "blocking" },
+                    m.iops,
+                    m.p50_us,
+                    m.p99_us,
+                    m.cpu_us_per_io
+                );
+            }
             Ok(())
         }
         Cmd::IscsiLoad {

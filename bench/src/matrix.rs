@@ -38,6 +38,12 @@ pub const PARTS: [&str; 6] = ["engine", "targets", "sockets", "sweep", "pollmode
 
 /// Poll modes measured at QD1 by the `pollmodes` part.
 pub const POLL_MODES: [&str; 3] = ["busy", "adaptive", "interrupt"];
+/// The loopback floors beside them (`floor.rs`): a bare echo thread that
+/// spins, then one that blocks.
+pub const FLOORS: [&str; 2] = [
+    "loopback floor, spinning echo",
+    "loopback floor, blocking echo",
+];
 
 /// Queue depths of the sweep.
 pub const SWEEP_QDS: [usize; 6] = [1, 2, 4, 8, 16, 32];
@@ -155,14 +161,14 @@ fn sweep(dir: &Path, runs: usize, seconds: f64) -> Result<Value> {
 
 /// One fio job; `None` when fio failed (its stderr is returned).
 /// 4 KiB random reads at QD1 with the own iSCSI initiator: keel in each poll
-/// mode (a fresh server each), then tgt, per run. What a reactor does while
-/// it waits is what QD1 costs: spinning burns the core, sleeping pays a
-/// wake-up per I/O.
+/// mode (a fresh server each), then tgt, then the loopback floors
+/// (`floor.rs`), per run. What a reactor does while it waits is what QD1
+/// costs: spinning burns the core, sleeping pays a wake-up per I/O.
 fn pollmodes(dir: &Path, runs: usize, seconds: f64) -> Result<Value> {
     let bin = keel_volume_bin()?;
-    // [mode, then tgt] -> samples of (iops, p50, cpu per io)
+    // [mode, then tgt, then the floors] -> samples of (iops, p50, cpu per io)
     let n = POLL_MODES.len() + 1;
-    let mut s: Vec<[Vec<f64>; 3]> = vec![Default::default(); n];
+    let mut s: Vec<[Vec<f64>; 3]> = vec![Default::default(); n + FLOORS.len()];
     let mut push = |i: usize, m: &Measure| {
         s[i][0].push(m.iops);
         s[i][1].push(m.p50_us);
@@ -181,11 +187,16 @@ fn pollmodes(dir: &Path, runs: usize, seconds: f64) -> Result<Value> {
         let addr = format!("127.0.0.1:{}", t.port).parse()?;
         let m = own_iscsi_one(addr, TGT_IQN, 1 << 48, 512, t.pid(), false, 1, seconds)?;
         push(n - 1, &m);
+        drop(t);
+        for (i, spin) in [true, false].into_iter().enumerate() {
+            push(n + i, &crate::floor::measure(spin, seconds)?);
+        }
     }
     let rows: Vec<Value> = POLL_MODES
         .iter()
         .map(|m| format!("keel {m}"))
         .chain(std::iter::once("tgt".to_owned()))
+        .chain(FLOORS.iter().map(|f| (*f).to_owned()))
         .enumerate()
         .map(|(i, name)| {
             let [a, b, c] = &mut s[i];
@@ -811,7 +822,7 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
         );
         let _ = writeln!(
             s,
-            "A fresh keel-volume per mode. busy: the reactor never sleeps; adaptive (the default): it spins 50 µs after its last work, then sleeps; interrupt: it sleeps whenever it has nothing to do.\n"
+            "A fresh keel-volume per mode. busy: the reactor never sleeps; adaptive (the default): it spins 50 µs after its last work, then sleeps; interrupt: it sleeps whenever it has nothing to do. The loopback floors are a bare thread in keel-bench that answers each 48-byte request with 4144 bytes (a SCSI Command, a Data-In with 4 KiB) over the same loopback, no storage, no protocol, spinning on a non-blocking socket or blocking in `read`: the most any target can reach here against this client, which blocks for each answer.\n"
         );
         let tgt = rows
             .iter()
@@ -837,13 +848,23 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
         }
         s.push('\n');
         let busy = rows.iter().find(|r| r["target"] == "keel busy");
+        let ceiling = rows
+            .iter()
+            .find(|r| r["target"] == FLOORS[0])
+            .filter(|_| f(&tgt["iops"]) > 0.0)
+            .map_or(String::new(), |fl| {
+                format!(
+                    "ceiling here: the spinning loopback floor is {:.2}x tgt",
+                    f(&fl["iops"]) / f(&tgt["iops"])
+                )
+            });
         if let Some(b) = busy.filter(|_| f(&tgt["iops"]) > 0.0) {
             goal(
                 &mut goals,
                 "iSCSI 4k random read QD1 vs tgt, busy mode (own initiator)",
                 f(&b["iops"]) / f(&tgt["iops"]),
                 3.5,
-                "",
+                &ceiling,
             );
         }
     }
@@ -1009,7 +1030,8 @@ mod tests {
             {"target": "keel busy", "iops": 36.0, "p50_us": 20.0, "cpu_us_per_io": 30.0},
             {"target": "keel adaptive", "iops": 30.0, "p50_us": 25.0, "cpu_us_per_io": 32.0},
             {"target": "keel interrupt", "iops": 12.0, "p50_us": 80.0, "cpu_us_per_io": 40.0},
-            {"target": "tgt", "iops": 10.0, "p50_us": 90.0, "cpu_us_per_io": 50.0}
+            {"target": "tgt", "iops": 10.0, "p50_us": 90.0, "cpu_us_per_io": 50.0},
+            {"target": "loopback floor, spinning echo", "iops": 40.0, "p50_us": 20.0, "cpu_us_per_io": 25.0}
         ]});
         let md = markdown(&v, "bench");
         assert!(
@@ -1017,7 +1039,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| PASS | iSCSI 4k random read QD1 vs tgt, busy mode (own initiator) | 3.60x | 3.5x |"),
+            md.contains("| PASS | iSCSI 4k random read QD1 vs tgt, busy mode (own initiator) | 3.60x | 3.5x | ceiling here: the spinning loopback floor is 4.00x tgt |"),
             "{md}"
         );
         assert!(md.contains("**fio failed:** cannot run fio"), "{md}");

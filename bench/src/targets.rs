@@ -459,7 +459,8 @@ pub fn qemu_img_bench(
     })
 }
 
-fn percentile(v: &mut [u64], p: f64) -> f64 {
+/// The `p` quantile of nanosecond samples, in µs (sorts `v`).
+pub(crate) fn percentile(v: &mut [u64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
