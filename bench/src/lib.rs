@@ -9,6 +9,7 @@
 //!                      io_uring backend  ────┘ → table or one JSON object
 //!  keel-bench targets  keel NVMe/TCP, keel iSCSI and tgt, several clients
 //!  keel-bench sockets  keel on epoll vs io_uring socket I/O
+//!  keel-bench floor    the loopback QD1 ceiling: a bare echo thread
 //! ```
 //!
 //! Today: the engine against the raw pwrite+fdatasync limit of the file

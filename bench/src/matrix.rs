@@ -6,7 +6,8 @@
 //!  targets  keel-bench targets --json   (keel NVMe/TCP, keel iSCSI, tgt; 4 clients)
 //!  sockets  keel-bench sockets --json   (epoll vs io_uring socket I/O)
 //!  sweep    4 KiB random read IOPS at QD 1..32: keel NVMe/TCP, keel iSCSI, tgt
-//!  pollmodes  4 KiB random read QD1, keel iSCSI in each poll mode, and tgt
+//!  pollmodes  4 KiB random read QD1, keel iSCSI in each poll mode, tgt,
+//!           and the loopback floor (floor.rs: a bare echo, spinning or not)
 //!  fio      the raw disk (O_DIRECT), fio psync and io_uring on a plain file,
 //!           and fio driving the engine through the C ABI (ffi/fio)
 //!        → JSON (--json), markdown between the markers, SVGs in --plots
