@@ -14,7 +14,13 @@ const SERVER: &str = env!("CARGO_BIN_EXE_keel-test-server");
 #[test]
 fn status_metrics_and_volumes_created_while_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = ServerProcess::start(Path::new(SERVER), dir.path(), &["vol0:16MiB"], &[]);
+    // vol0 gets the default WAL (a quarter of its size), wal1 the one named.
+    let mut s = ServerProcess::start(
+        Path::new(SERVER),
+        dir.path(),
+        &["vol0:16MiB", "wal1:16MiB:2MiB"],
+        &[],
+    );
     // Some I/O so the counters move.
     let mut c = Client::connect(s.iscsi).unwrap();
     c.login("iqn.2026-11.io.keel.test:admin", Some(&iqn("vol0")), None)
@@ -33,6 +39,9 @@ fn status_metrics_and_volumes_created_while_serving() {
     assert_eq!(status["volumes"][0]["name"], "vol0");
     assert_eq!(status["volumes"][0]["size_bytes"], 16 << 20);
     assert_eq!(status["volumes"][0]["sessions"], 1);
+    assert_eq!(status["volumes"][0]["wal"]["size_bytes"], 4 << 20);
+    assert_eq!(status["volumes"][1]["name"], "wal1");
+    assert_eq!(status["volumes"][1]["wal"]["size_bytes"], 2 << 20);
     assert_eq!(
         status["sessions"][0]["initiator"],
         "iqn.2026-11.io.keel.test:admin"
@@ -129,7 +138,7 @@ fn status_metrics_and_volumes_created_while_serving() {
         "{}",
         s.log()
     );
-    assert_eq!(s.log().matches("volume closed").count(), 2, "{}", s.log());
+    assert_eq!(s.log().matches("volume closed").count(), 3, "{}", s.log());
 }
 
 #[test]

@@ -59,7 +59,7 @@ enum VolumeCmd {
         #[arg(long, default_value_t = 4096, value_parser = parse_block_size)]
         block_size: u32,
         /// WAL ring size, a multiple of 4 KiB and at least 64 KiB
-        /// (default: 1/16 of the size, between 1 MiB and 256 MiB).
+        /// (default: a quarter of the size, between 1 MiB and 256 MiB).
         #[arg(long, value_parser = parse_size)]
         wal_size: Option<u64>,
     },
@@ -155,6 +155,7 @@ fn dev(a: DevArgs) -> Result<i32, (String, i32)> {
     cfg.volumes = vec![VolumeSpec {
         name: "vol0".into(),
         size: Some(a.size.to_string()),
+        wal_size: None,
         iqn: None,
         initiators: Vec::new(),
         chap: None,

@@ -186,7 +186,32 @@ impl CreateOptions {
     }
 }
 
-/// Default WAL size for a volume: 1/16 of it, between 1 MiB and 256 MiB.
+/// Default WAL size for a volume: a quarter of it, between 1 MiB and
+/// 256 MiB (256 MiB from a 1 GiB volume up).
+///
+/// The WAL is what absorbs a write burst while the flusher writes back and
+/// syncs the extent region; a small one makes writers wait on admission
+/// whenever one extent sync is slow. Measured (docs/performance.md): 4 KiB
+/// random writes at QD32 over 256 MiB of a 1 GiB volume, 20 s, sustained
+/// 150K IOPS (p99 1.2 ms) with a 64 MiB WAL and 183K (p99 0.6 ms) with
+/// 256 MiB. The ring is written once at creation (256 MiB: under a second).
 pub fn default_wal_size(size: u64) -> u64 {
-    (size / 16).clamp(1 << 20, 256 << 20) / 4096 * 4096
+    (size / 4).clamp(1 << 20, 256 << 20) / 4096 * 4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_wal_is_a_quarter_of_the_volume_within_bounds() {
+        assert_eq!(default_wal_size(1 << 20), 1 << 20);
+        assert_eq!(default_wal_size(64 << 20), 16 << 20);
+        assert_eq!(default_wal_size(1 << 30), 256 << 20);
+        assert_eq!(default_wal_size(100 << 30), 256 << 20);
+        // Always whole 4 KiB pages, and a valid geometry.
+        let odd = (10 << 20) + 4096 * 3;
+        assert_eq!(default_wal_size(odd) % 4096, 0);
+        CreateOptions::new(odd).validate().unwrap();
+    }
 }

@@ -49,9 +49,10 @@ pub struct Args {
     /// I/O backend: standard, auto or io_uring.
     #[arg(long, value_name = "BACKEND")]
     backend: Option<String>,
-    /// Host a volume NAME, created with SIZE if missing (repeatable), e.g.
-    /// --volume db1:100GiB.
-    #[arg(long, value_name = "NAME[:SIZE]")]
+    /// Host a volume NAME, created with SIZE (and a WAL of WAL_SIZE; default
+    /// a quarter of SIZE, 1 MiB to 256 MiB) if missing (repeatable), e.g.
+    /// --volume db1:100GiB or --volume db1:100GiB:1GiB.
+    #[arg(long, value_name = "NAME[:SIZE[:WAL_SIZE]]")]
     volume: Vec<String>,
     /// Check the configuration and exit.
     #[arg(long)]
@@ -119,14 +120,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.engine.backend = b;
     }
     for v in args.volume {
-        let (name, size) = match v.split_once(':') {
-            Some((n, s)) => (n.to_owned(), Some(s.to_owned())),
-            None => (v.clone(), None),
-        };
+        let mut parts = v.splitn(3, ':');
+        let name = parts.next().unwrap_or_default().to_owned();
+        let size = parts.next().map(str::to_owned);
+        let wal_size = parts.next().map(str::to_owned);
         cfg.volumes.retain(|x| x.name != name);
         cfg.volumes.push(VolumeSpec {
             name,
             size,
+            wal_size,
             iqn: None,
             initiators: Vec::new(),
             chap: None,

@@ -97,6 +97,10 @@ pub struct VolumeSpec {
     pub name: String,
     /// Size (`100GiB`); the volume is created with it if missing.
     pub size: Option<String>,
+    /// WAL size of a volume created here (`256MiB`; default a quarter of
+    /// the size, between 1 MiB and 256 MiB). An existing volume keeps its
+    /// own.
+    pub wal_size: Option<String>,
     /// Export IQN (default `<iqn_prefix>:<name>`).
     pub iqn: Option<String>,
     /// Initiator IQNs allowed; empty allows any.
@@ -291,6 +295,8 @@ pub struct Validated {
     pub buffer_pool: usize,
     /// Sizes of volumes (None: must exist).
     pub sizes: Vec<Option<u64>>,
+    /// WAL sizes of volumes created (None: the default for the size).
+    pub wal_sizes: Vec<Option<u64>>,
 }
 
 fn check_chap(key: &str, c: &ChapConfig) -> Result<(), ConfigError> {
@@ -494,6 +500,7 @@ impl ServerConfig {
             })?)
         };
         let mut sizes = Vec::new();
+        let mut wal_sizes = Vec::new();
         let mut names = std::collections::HashSet::new();
         let mut iqns = std::collections::HashSet::new();
         for (i, v) in self.volumes.iter().enumerate() {
@@ -564,7 +571,21 @@ impl ServerConfig {
                 Some(s) => Some(parse_size(s).map_err(|e| invalid(format!("{key}.size"), e))?),
                 None => None,
             };
+            let wal_size = match &v.wal_size {
+                Some(s) => {
+                    let w = parse_size(s).map_err(|e| invalid(format!("{key}.wal_size"), e))?;
+                    if w % 4096 != 0 || w < 64 << 10 {
+                        return Err(invalid(
+                            format!("{key}.wal_size"),
+                            format!("{s:?}: must be a multiple of 4 KiB, at least 64 KiB"),
+                        ));
+                    }
+                    Some(w)
+                }
+                None => None,
+            };
             sizes.push(size);
+            wal_sizes.push(wal_size);
         }
         Ok(Validated {
             iscsi_listen,
@@ -575,6 +596,7 @@ impl ServerConfig {
             backend,
             buffer_pool,
             sizes,
+            wal_sizes,
         })
     }
 }
@@ -600,12 +622,14 @@ listen = "127.0.0.1:9480"
 [[volume]]
 name = "db1"
 size = "1GiB"
+wal_size = "512MiB"
 initiators = ["iqn.1993-08.org.debian:01:host1"]
 chap = { user = "u", secret = "123456789012" }
 "#;
         let c: ServerConfig = toml::from_str(text).unwrap();
         let v = c.validate().unwrap();
         assert_eq!(v.sizes, vec![Some(1 << 30)]);
+        assert_eq!(v.wal_sizes, vec![Some(512 << 20)]);
         assert_eq!(c.iqn_of(&c.volumes[0]), "iqn.2026-11.io.keel:db1");
         assert_eq!(c.path_of(&c.volumes[0]), PathBuf::from("/tmp/k/db1.keel"));
     }
@@ -626,6 +650,14 @@ chap = { user = "u", secret = "123456789012" }
         bad("[iscsi]\nlisten = [\"localhost\"]", "iscsi.listen");
         bad("[[volume]]\nname = \"A B\"", "volume[0].name");
         bad("[[volume]]\nname = \"a\"\nsize = \"1XB\"", "volume[0].size");
+        bad(
+            "[[volume]]\nname = \"a\"\nwal_size = \"1000\"",
+            "volume[0].wal_size",
+        );
+        bad(
+            "[[volume]]\nname = \"a\"\nwal_size = \"32KiB\"",
+            "volume[0].wal_size",
+        );
         bad(
             "[[volume]]\nname = \"a\"\nchap = { user = \"u\", secret = \"short\" }",
             "volume[0].chap.secret",

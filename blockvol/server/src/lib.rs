@@ -96,6 +96,7 @@ impl State {
         let spec = config::VolumeSpec {
             name: name.to_owned(),
             size: Some(size.to_string()),
+            wal_size: None,
             iqn: None,
             initiators: Vec::new(),
             chap: None,
@@ -120,6 +121,7 @@ impl State {
             &self.nvmf,
             &spec,
             Some(size),
+            None,
         )?);
         vols.push(h.clone());
         Ok(h)
@@ -149,8 +151,8 @@ fn creds(c: &Option<config::ChapConfig>) -> Option<Credentials> {
     })
 }
 
-/// Open (or create with `size`) the volume of `spec` and export it over
-/// iSCSI and NVMe/TCP.
+/// Open (or create with `size`, and `wal_size` or the default WAL) the
+/// volume of `spec` and export it over iSCSI and NVMe/TCP.
 fn host_volume(
     cfg: &ServerConfig,
     vcfg: &VolumeConfig,
@@ -158,6 +160,7 @@ fn host_volume(
     nvmf: &keel_nvmf::NvmfTarget,
     spec: &config::VolumeSpec,
     size: Option<u64>,
+    wal_size: Option<u64>,
 ) -> anyhow::Result<Hosted> {
     let path = cfg.path_of(spec);
     let exists = path.exists();
@@ -184,7 +187,11 @@ fn host_volume(
                 path.display()
             );
         };
-        Volume::create(&path, &CreateOptions::new(size), vcfg)
+        let mut opts = CreateOptions::new(size);
+        if let Some(w) = wal_size {
+            opts.wal_size = w;
+        }
+        Volume::create(&path, &opts, vcfg)
             .with_context(|| format!("cannot create volume {}", path.display()))?
     };
     let info = vol.info();
@@ -251,9 +258,9 @@ impl Server {
             ..keel_nvmf::PortalSpec::default()
         });
         let mut volumes = Vec::new();
-        for (spec, size) in cfg.volumes.iter().zip(&v.sizes) {
+        for ((spec, size), wal_size) in cfg.volumes.iter().zip(&v.sizes).zip(&v.wal_sizes) {
             volumes.push(Arc::new(host_volume(
-                cfg, &vcfg, &registry, &nvmf, spec, *size,
+                cfg, &vcfg, &registry, &nvmf, spec, *size, *wal_size,
             )?));
         }
 
