@@ -71,15 +71,17 @@ pub struct VolumeConfig {
     pub io_threads: usize,
     /// Submission-queue entries of each io_uring.
     pub uring_entries: u32,
-    /// io_uring backend: WAL writes without a sync (cached writes) are
+    /// Both backends: WAL writes without a sync (cached writes) are
     /// written by the submitting thread, a buffered `pwritev` into the page
     /// cache, while the kernel's dirty pages (and those of the process's
     /// memory cgroup, when it has a limit) are far below the write-back
     /// threshold (so the write is not throttled); otherwise, and when off,
     /// through the ring, where ext4 hands every buffered write to an io-wq
-    /// worker thread. A durable (FUA or write-through) write is then
-    /// written the same way and made durable by group commit's fdatasync,
-    /// never by a linked write+fdatasync.
+    /// worker thread, or by the standard backend's worker threads. A
+    /// durable (FUA or write-through) write is then written the same way
+    /// and made durable by group commit's fdatasync; on io_uring never by a
+    /// linked write+fdatasync, on the standard backend only when it cannot
+    /// be written inline.
     pub wal_inline_writes: bool,
     /// How long [`crate::Handle::wait`] polls for a completion before it
     /// sleeps, when operations are in flight (0: sleep at once).

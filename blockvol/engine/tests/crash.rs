@@ -258,6 +258,10 @@ fn one_crash(seed: u64, write_cache: bool) {
     format(&*storage, &opts).unwrap();
     let cfg = VolumeConfig {
         write_cache,
+        // The simulator's storage takes the standard backend: WAL records
+        // written by the submitting thread and made durable by group
+        // commit, or written (and, at QD1, synced) by its workers.
+        wal_inline_writes: rng.gen_bool(0.5),
         flush_interval: Duration::from_millis(rng.gen_range(1..5)),
         flush_threshold: 0.1,
         admission_timeout: Duration::from_secs(2),

@@ -87,6 +87,8 @@ fn run(
     let cfg = VolumeConfig {
         backend,
         flush_interval: Duration::from_millis(2),
+        // Both ways of writing WAL records (inline or by the backend).
+        wal_inline_writes: acts.len() % 2 == 0,
         ..Default::default()
     };
     let at = if sim {

@@ -154,9 +154,10 @@ pub struct EngineSection {
     /// Volatile write cache on (SYNCHRONIZE CACHE makes writes durable) or
     /// off (every write durable when acknowledged).
     pub write_cache: bool,
-    /// io_uring backend: cached WAL writes written by the reactor into the
-    /// page cache while the kernel is far from throttling writers (else by
-    /// an io-wq worker).
+    /// WAL writes written by the reactor into the page cache while the
+    /// kernel is far from throttling writers (else by an io-wq worker or
+    /// the standard backend's workers); durable ones then go through group
+    /// commit.
     pub wal_inline_writes: bool,
 }
 

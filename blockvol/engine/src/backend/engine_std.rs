@@ -5,6 +5,11 @@
 //! the same meaning as the io_uring link. Workers spin briefly after each job
 //! before they sleep: on these VMs a sleep and wake-up costs 50-100 µs, as
 //! much as the write itself.
+//!
+//! With inline WAL writes (`VolumeConfig::wal_inline_writes`, the default)
+//! a WAL record is written on the submitting thread instead while the
+//! kernel is far from throttling writers (as the io_uring backend does),
+//! and a durable one is then made durable by group commit.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,6 +33,8 @@ struct Job {
 pub(crate) struct StdPool {
     tx: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    storage: Arc<dyn Storage>,
+    wal_end: u64,
 }
 
 impl StdPool {
@@ -53,7 +60,20 @@ impl StdPool {
         Ok(StdPool {
             tx: Some(tx),
             threads: handles,
+            storage,
+            wal_end,
         })
+    }
+
+    /// Write a WAL record without a sync on the calling thread, a buffered
+    /// write into the page cache, when `dirty_guard` says the kernel will
+    /// not throttle it: no hop to a worker and back (two wake-ups). `None`:
+    /// not tried, the caller submits it to the workers.
+    pub fn write_inline(&self, op: &mut IoOp) -> Option<std::io::Result<()>> {
+        if !matches!(op, IoOp::WalWrite { sync: false, .. }) || !super::dirty_guard::inline_ok() {
+            return None;
+        }
+        Some(execute(&*self.storage, self.wal_end, op))
     }
 
     /// Queue an operation; its [`IoDone`] goes to `reply`.

@@ -8,7 +8,6 @@
 
 use std::io;
 
-#[cfg(feature = "backend-uring")]
 pub(crate) mod dirty_guard;
 #[cfg(feature = "backend-std")]
 pub mod engine_std;
