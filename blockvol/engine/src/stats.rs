@@ -152,8 +152,8 @@ pub struct StatsSnapshot {
     /// mean group size).
     pub coalesced_groups: u64,
     /// WAL writes written by the submitting thread into the page cache
-    /// (io_uring backend, `wal_inline_writes`), not by an io-wq worker;
-    /// durable ones included.
+    /// (`wal_inline_writes`), not by an io-wq worker or a standard-backend
+    /// worker; durable ones included.
     pub inline_wal_writes: u64,
     /// Group-commit fdatasyncs that had waiters.
     pub group_commits: u64,
