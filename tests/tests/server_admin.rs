@@ -139,6 +139,17 @@ fn status_metrics_and_volumes_created_while_serving() {
         s.log()
     );
     assert_eq!(s.log().matches("volume closed").count(), 3, "{}", s.log());
+
+    // The WAL size is set at creation: another one configured for an
+    // existing volume is reported and the volume keeps its own.
+    let s = ServerProcess::start(Path::new(SERVER), dir.path(), &["wal1:16MiB:3MiB"], &[]);
+    let status: serde_json::Value = serde_json::from_str(&s.admin_get("/status")).unwrap();
+    assert_eq!(status["volumes"][0]["wal"]["size_bytes"], 2 << 20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !s.log().contains("configured WAL size differs") {
+        assert!(std::time::Instant::now() < deadline, "{}", s.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

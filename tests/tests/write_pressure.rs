@@ -27,11 +27,11 @@ fn admission_waits(s: &ServerProcess) -> u64 {
 
 fn server() -> (tempfile::TempDir, ServerProcess) {
     let dir = tempfile::tempdir().unwrap();
-    // 32 MiB: a 2 MiB WAL.
+    // 32 MiB with a 2 MiB WAL (the default would be 8 MiB).
     let s = ServerProcess::start(
         std::path::Path::new(SERVER),
         dir.path(),
-        &["vol0:32MiB"],
+        &["vol0:32MiB:2MiB"],
         &["--poll-mode", "interrupt"],
     );
     (dir, s)

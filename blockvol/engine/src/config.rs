@@ -170,13 +170,8 @@ impl CreateOptions {
                 self.size, self.block_size
             ));
         }
-        if self.wal_size < MIN_WAL_SIZE || self.wal_size % 4096 != 0 {
-            return bad(format!(
-                "WAL size {} must be a multiple of 4 KiB and at least {} bytes",
-                self.wal_size, MIN_WAL_SIZE
-            ));
-        }
-        if self.size > (1 << 56) || self.wal_size > (1 << 40) {
+        check_wal_size(self.wal_size)?;
+        if self.size > (1 << 56) {
             return bad("size too large".into());
         }
         Ok(())
@@ -186,6 +181,20 @@ impl CreateOptions {
     pub fn extent_offset(&self) -> u64 {
         (crate::superblock::WAL_OFFSET + self.wal_size).div_ceil(EXTENT_ALIGN) * EXTENT_ALIGN
     }
+}
+
+/// Check a WAL ring size: a multiple of 4 KiB, at least 64 KiB, at most
+/// 1 TiB.
+pub fn check_wal_size(wal_size: u64) -> Result<()> {
+    if wal_size < MIN_WAL_SIZE || wal_size % 4096 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "WAL size {wal_size} must be a multiple of 4 KiB and at least {MIN_WAL_SIZE} bytes"
+        )));
+    }
+    if wal_size > (1 << 40) {
+        return Err(Error::InvalidArgument("WAL size too large".into()));
+    }
+    Ok(())
 }
 
 /// Default WAL size for a volume: a quarter of it, between 1 MiB and

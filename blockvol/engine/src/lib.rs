@@ -55,7 +55,7 @@ pub mod superblock;
 mod volume;
 pub mod wal;
 
-pub use config::{default_wal_size, BackendMode, CreateOptions, VolumeConfig};
+pub use config::{check_wal_size, default_wal_size, BackendMode, CreateOptions, VolumeConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use handle::{Completion, Handle, Op, SleepCheck, SubmitError, SyncHandle};
 pub use inspect::{inspect, inspect_storage, Inspection, SlotState};

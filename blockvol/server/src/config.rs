@@ -575,12 +575,8 @@ impl ServerConfig {
             let wal_size = match &v.wal_size {
                 Some(s) => {
                     let w = parse_size(s).map_err(|e| invalid(format!("{key}.wal_size"), e))?;
-                    if w % 4096 != 0 || w < 64 << 10 {
-                        return Err(invalid(
-                            format!("{key}.wal_size"),
-                            format!("{s:?}: must be a multiple of 4 KiB, at least 64 KiB"),
-                        ));
-                    }
+                    keel_blockvol::check_wal_size(w)
+                        .map_err(|e| invalid(format!("{key}.wal_size"), e.to_string()))?;
                     Some(w)
                 }
                 None => None,

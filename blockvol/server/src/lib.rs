@@ -178,6 +178,10 @@ fn host_volume(
                 tracing::warn!(volume = %spec.name, configured = size, actual = have, "configured size is below the volume's; keeping the volume's (shrinking is not supported)");
             }
         }
+        let have = vol.info().wal_size;
+        if let Some(w) = wal_size.filter(|&w| w != have) {
+            tracing::warn!(volume = %spec.name, configured = w, actual = have, "configured WAL size differs from the volume's; keeping the volume's (it is set at creation)");
+        }
         vol
     } else {
         let Some(size) = size else {
