@@ -179,9 +179,11 @@ enum Cmd {
     },
     /// The loopback floor of a QD1 4 KiB read: a bare echo thread answering
     /// each 48-byte request with 4144 bytes over 127.0.0.1, no storage, no
-    /// protocol, spinning on a non-blocking socket and then blocking in
-    /// `read`, against a client that blocks for each answer: the most any
-    /// target can reach at QD1 on this machine with such a client.
+    /// protocol, spinning on a non-blocking socket, then blocking in `read`,
+    /// then blocking with both ends pinned to one CPU (where a hand-off is
+    /// a context switch, not a wake-up of another CPU), against a client
+    /// that blocks for each answer: what any target can reach at QD1 on
+    /// this machine with such a client, as the two ends are placed.
     Floor {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
@@ -321,11 +323,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Floor { seconds } => {
-            for spin in [true, false] {
-                let m = keel_bench::floor::measure(spin, seconds)?;
+            for floor in keel_bench::floor::Floor::ALL {
+                let m = keel_bench::floor::measure(floor, seconds)?;
                 println!(
-                    "{} echo: {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs, echo cpu/io {:.1} µs",
-                    if spin { "spinning" } else { "blocking" },
+                    "{}: {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs, echo cpu/io {:.1} µs",
+                    floor.name(),
                     m.iops,
                     m.p50_us,
                     m.p99_us,

@@ -41,9 +41,10 @@ pub const PARTS: [&str; 6] = ["engine", "targets", "sockets", "sweep", "pollmode
 pub const POLL_MODES: [&str; 3] = ["busy", "adaptive", "interrupt"];
 /// The loopback floors beside them (`floor.rs`): a bare echo thread that
 /// spins, then one that blocks.
-pub const FLOORS: [&str; 2] = [
+pub const FLOORS: [&str; 3] = [
     "loopback floor, spinning echo",
     "loopback floor, blocking echo",
+    "loopback floor, blocking echo, both ends on one CPU",
 ];
 
 /// Queue depths of the sweep.
@@ -189,8 +190,8 @@ fn pollmodes(dir: &Path, runs: usize, seconds: f64) -> Result<Value> {
         let m = own_iscsi_one(addr, TGT_IQN, 1 << 48, 512, t.pid(), false, 1, seconds)?;
         push(n - 1, &m);
         drop(t);
-        for (i, spin) in [true, false].into_iter().enumerate() {
-            push(n + i, &crate::floor::measure(spin, seconds)?);
+        for (i, floor) in crate::floor::Floor::ALL.into_iter().enumerate() {
+            push(n + i, &crate::floor::measure(floor, seconds)?);
         }
     }
     let rows: Vec<Value> = POLL_MODES
@@ -823,7 +824,7 @@ pub fn markdown(v: &Value, plots_rel: &str) -> String {
         );
         let _ = writeln!(
             s,
-            "A fresh keel-volume per mode. busy: the reactor never sleeps; adaptive (the default): it spins 50 µs after its last work, then sleeps; interrupt: it sleeps whenever it has nothing to do. The loopback floors are a bare thread in keel-bench that answers each 48-byte request with 4144 bytes (a SCSI Command, a Data-In with 4 KiB) over the same loopback, no storage, no protocol, spinning on a non-blocking socket or blocking in `read`: the most any target can reach here against this client, which blocks for each answer.\n"
+            "A fresh keel-volume per mode. busy: the reactor never sleeps; adaptive (the default): it spins 50 µs after its last work, then sleeps; interrupt: it sleeps whenever it has nothing to do. The loopback floors are a bare thread in keel-bench that answers each 48-byte request with 4144 bytes (a SCSI Command, a Data-In with 4 KiB) over the same loopback, no storage, no protocol, spinning on a non-blocking socket or blocking in `read`, on the CPU the scheduler picks (in practice the other one), or blocking with both ends pinned to one CPU, where a hand-off is a context switch instead of a wake-up of another virtual CPU: what any target can reach here against this client, which blocks for each answer, as the two ends happen to be placed.\n"
         );
         let tgt = rows
             .iter()
