@@ -294,10 +294,17 @@ pub struct Validated {
     pub backend: keel_blockvol::BackendMode,
     /// Buffer pool bytes.
     pub buffer_pool: usize,
-    /// Sizes of volumes (None: must exist).
-    pub sizes: Vec<Option<u64>>,
-    /// WAL sizes of volumes created (None: the default for the size).
-    pub wal_sizes: Vec<Option<u64>>,
+    /// Sizes of the volumes, in the order of `volumes`.
+    pub sizes: Vec<VolumeSizes>,
+}
+
+/// The sizes of a configured volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeSizes {
+    /// Size to create (or grow) it with (None: it must exist).
+    pub size: Option<u64>,
+    /// WAL size if it is created (None: the default for the size).
+    pub wal_size: Option<u64>,
 }
 
 fn check_chap(key: &str, c: &ChapConfig) -> Result<(), ConfigError> {
@@ -501,7 +508,6 @@ impl ServerConfig {
             })?)
         };
         let mut sizes = Vec::new();
-        let mut wal_sizes = Vec::new();
         let mut names = std::collections::HashSet::new();
         let mut iqns = std::collections::HashSet::new();
         for (i, v) in self.volumes.iter().enumerate() {
@@ -581,8 +587,7 @@ impl ServerConfig {
                 }
                 None => None,
             };
-            sizes.push(size);
-            wal_sizes.push(wal_size);
+            sizes.push(VolumeSizes { size, wal_size });
         }
         Ok(Validated {
             iscsi_listen,
@@ -593,7 +598,6 @@ impl ServerConfig {
             backend,
             buffer_pool,
             sizes,
-            wal_sizes,
         })
     }
 }
@@ -625,8 +629,13 @@ chap = { user = "u", secret = "123456789012" }
 "#;
         let c: ServerConfig = toml::from_str(text).unwrap();
         let v = c.validate().unwrap();
-        assert_eq!(v.sizes, vec![Some(1 << 30)]);
-        assert_eq!(v.wal_sizes, vec![Some(512 << 20)]);
+        assert_eq!(
+            v.sizes,
+            vec![VolumeSizes {
+                size: Some(1 << 30),
+                wal_size: Some(512 << 20)
+            }]
+        );
         assert_eq!(c.iqn_of(&c.volumes[0]), "iqn.2026-11.io.keel:db1");
         assert_eq!(c.path_of(&c.volumes[0]), PathBuf::from("/tmp/k/db1.keel"));
     }

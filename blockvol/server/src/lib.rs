@@ -262,9 +262,15 @@ impl Server {
             ..keel_nvmf::PortalSpec::default()
         });
         let mut volumes = Vec::new();
-        for ((spec, size), wal_size) in cfg.volumes.iter().zip(&v.sizes).zip(&v.wal_sizes) {
+        for (spec, sz) in cfg.volumes.iter().zip(&v.sizes) {
             volumes.push(Arc::new(host_volume(
-                cfg, &vcfg, &registry, &nvmf, spec, *size, *wal_size,
+                cfg,
+                &vcfg,
+                &registry,
+                &nvmf,
+                spec,
+                sz.size,
+                sz.wal_size,
             )?));
         }
 
