@@ -160,6 +160,11 @@ pub struct Handle {
     local: VecDeque<Completion>,
     done: Vec<IoDone>,
     in_flight: usize,
+    /// Flushes, and durable writes written to the WAL, waiting for group
+    /// commit's fdatasync: out of `slots`, but not completed (their
+    /// completion, a write's buffer included, comes through
+    /// `notifier.ready`, the only way anything comes through it).
+    syncing: usize,
     /// Durable writes never take the linked write+fdatasync path (io_uring
     /// with inline WAL writes; see where `linked` is decided).
     no_linked: bool,
@@ -169,6 +174,7 @@ impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handle")
             .field("in_flight", &self.in_flight)
+            .field("syncing", &self.syncing)
             .field("deferred", &self.deferred.len())
             .finish()
     }
@@ -206,6 +212,7 @@ impl Handle {
             local: VecDeque::with_capacity(64),
             done: Vec::new(),
             in_flight: 0,
+            syncing: 0,
             no_linked,
         })
     }
@@ -250,9 +257,10 @@ impl Handle {
         }
     }
 
-    /// Operations submitted and not yet completed (deferred ones included).
+    /// Operations submitted and not yet completed (deferred ones included,
+    /// and durable writes waiting for their fdatasync).
     pub fn in_flight(&self) -> usize {
-        self.in_flight + self.deferred.len()
+        self.in_flight + self.deferred.len() + self.syncing
     }
 
     /// Capacity in blocks (it grows on expand).
@@ -327,6 +335,9 @@ impl Handle {
             Op::Flush => {
                 Stats::add(&self.inner.stats.flush_ops, 1);
                 let target = lock(&self.inner.alloc).next_lsn - 1;
+                // In flight until group commit delivers it (as durable
+                // writes waiting for their sync are).
+                self.syncing += 1;
                 self.inner.gc.add_waiter(Waiter {
                     target,
                     notifier: Arc::clone(&self.notifier),
@@ -726,6 +737,9 @@ impl Handle {
                     i.gc.mark_durable(lsn, &i.stats);
                     self.complete_now(tag, Ok(()), buf);
                 } else if durable {
+                    // Every waiter comes back through `notifier.ready`
+                    // exactly once (done, failed or stopped).
+                    self.syncing += 1;
                     i.gc.add_waiter(Waiter {
                         target: lsn,
                         notifier: Arc::clone(&self.notifier),
@@ -843,6 +857,7 @@ impl Handle {
             n += 1;
         }
         while let Some(c) = self.notifier.ready.pop() {
+            self.syncing = self.syncing.saturating_sub(1);
             f(c);
             n += 1;
         }
@@ -904,9 +919,9 @@ fn take_buf(op: Op) -> Option<Vec<u8>> {
 
 impl Handle {
     /// Close the handle and hand every buffer it still holds to `f`: those
-    /// of completions not yet taken, of operations in flight (waited for,
-    /// as dropping the handle does) and of writes parked by admission
-    /// control (never submitted, so never done). A caller that pools its
+    /// of completions not yet taken, of operations in flight and of durable
+    /// writes waiting for their fdatasync (both waited for) and of writes
+    /// parked by admission control (never submitted, so never done). A caller that pools its
     /// buffers gets them all back; dropping the handle frees them instead.
     pub fn close(mut self, mut f: impl FnMut(Vec<u8>)) {
         for d in std::mem::take(&mut self.deferred) {
@@ -923,11 +938,12 @@ impl Handle {
                 }
             }
             while let Some(c) = self.notifier.ready.pop() {
+                self.syncing = self.syncing.saturating_sub(1);
                 if let Some(b) = c.buf {
                     f(b);
                 }
             }
-            if self.in_flight == 0 || Instant::now() >= deadline {
+            if (self.in_flight == 0 && self.syncing == 0) || Instant::now() >= deadline {
                 break;
             }
             self.notifier.wait(Some(Duration::from_millis(5)));

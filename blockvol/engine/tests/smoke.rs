@@ -233,3 +233,78 @@ fn durable_writes_written_inline_go_through_group_commit() {
         check(&mut SyncHandle::new(vol.handle().unwrap()));
     }
 }
+
+/// A durable write whose record is in the WAL but whose fdatasync has not
+/// returned is still in flight: `in_flight()` counts it until its
+/// completion is delivered (a connection that drains on a half-close or a
+/// logout waits for it), and `close` waits for it and hands its buffer
+/// back. Found by the protocol storm test: a closed session's FUA write
+/// lost its pool buffer when the handle closed before the sync returned.
+#[test]
+fn durable_writes_stay_in_flight_until_their_sync_and_close_returns_their_buffers() {
+    each_backend(|backend, inline| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.keel");
+        let cfg = VolumeConfig {
+            backend,
+            wal_inline_writes: inline,
+            ..Default::default()
+        };
+        let opts = CreateOptions {
+            size: 8 << 20,
+            block_size: 4096,
+            wal_size: 1 << 20,
+        };
+        let vol = Volume::create(&path, &opts, &cfg).unwrap();
+        const N: u64 = 32;
+
+        // Every completion delivered while in_flight() says nothing is out
+        // would be one it under-counted.
+        let mut h = vol.handle().unwrap();
+        for i in 0..N {
+            let op = keel_blockvol::Op::Write {
+                lba: i,
+                buf: vec![i as u8; 4096],
+                fua: true,
+            };
+            h.submit(i, op).unwrap();
+        }
+        // A flush completes through group commit too (and, counted
+        // wrongly, would make a waiting write look done).
+        h.submit(N, keel_blockvol::Op::Flush).unwrap();
+        let mut delivered = 0u64;
+        let t0 = std::time::Instant::now();
+        while delivered < N + 1 {
+            assert!(
+                h.in_flight() as u64 >= N + 1 - delivered,
+                "{backend:?} inline={inline}: {} in flight, {} not yet delivered",
+                h.in_flight(),
+                N + 1 - delivered
+            );
+            delivered += h.poll_completions(|c| assert!(c.result.is_ok())) as u64;
+            assert!(t0.elapsed().as_secs() < 30, "completions never came");
+        }
+        assert_eq!(h.in_flight(), 0);
+
+        // Closed right after the submissions: every buffer comes back.
+        for i in 0..N {
+            let op = keel_blockvol::Op::Write {
+                lba: i,
+                buf: vec![i as u8; 4096],
+                fua: true,
+            };
+            h.submit(100 + i, op).unwrap();
+        }
+        h.submit(2 * N, keel_blockvol::Op::Flush).unwrap();
+        let mut back = 0u64;
+        h.close(|b| {
+            assert_eq!(b.len(), 4096);
+            back += 1;
+        });
+        assert_eq!(
+            back, N,
+            "{backend:?} inline={inline}: buffers lost on close"
+        );
+        vol.close().unwrap();
+    });
+}
