@@ -1476,14 +1476,16 @@ impl IscsiConn {
                         slot,
                         Op::Read {
                             lba: tail,
-                            buf: vec![0u8; bsz],
+                            buf: buffer_pool::take_zeroed(self.pool.as_ref(), bsz),
                         },
                     );
                 } else if atomic {
                     // One engine write: one WAL record, all or nothing.
-                    let mut all = Vec::with_capacity(want);
+                    let pool = self.pool.as_ref();
+                    let mut all = buffer_pool::take(pool, want);
                     for c in t.data.drain(..) {
                         all.extend_from_slice(&c);
+                        buffer_pool::give_back(pool, c);
                     }
                     self.submit(slot, Op::Write { lba, buf: all, fua });
                 } else {
@@ -1497,9 +1499,12 @@ impl IscsiConn {
                 self.submit_reads(slot);
             }
             Work::Param => {
+                // A plain Vec: the LUN parses it, or keeps it as a compare
+                // buffer or pattern, and drops it; none goes to the pool.
                 let mut all = Vec::with_capacity(t.want as usize);
                 for c in t.data.drain(..) {
                     all.extend_from_slice(&c);
+                    buffer_pool::give_back(self.pool.as_ref(), c);
                 }
                 let target = self.target.clone();
                 let Some(target) = target else { return };
@@ -1563,26 +1568,16 @@ impl IscsiConn {
                         data,
                     });
                 }
-                self.submit(
-                    slot,
-                    Op::Read {
-                        lba,
-                        buf: vec![0u8; blocks as usize * bs],
-                    },
-                );
+                let buf = buffer_pool::take_zeroed(self.pool.as_ref(), blocks as usize * bs);
+                self.submit(slot, Op::Read { lba, buf });
             }
             DataAction::Or { lba, fua, data } => {
                 let len = data.len();
                 if let Some(t) = self.tasks[slot].as_mut() {
                     t.work = Work::Data(DataAction::Or { lba, fua, data });
                 }
-                self.submit(
-                    slot,
-                    Op::Read {
-                        lba,
-                        buf: vec![0u8; len],
-                    },
-                );
+                let buf = buffer_pool::take_zeroed(self.pool.as_ref(), len);
+                self.submit(slot, Op::Read { lba, buf });
             }
             DataAction::Compare {
                 lba,
@@ -1598,25 +1593,24 @@ impl IscsiConn {
                         same,
                     });
                 }
-                self.submit(
-                    slot,
-                    Op::Read {
-                        lba,
-                        buf: vec![0u8; blocks as usize * bs],
-                    },
-                );
+                let buf = buffer_pool::take_zeroed(self.pool.as_ref(), blocks as usize * bs);
+                self.submit(slot, Op::Read { lba, buf });
             }
         }
     }
 
     fn submit_writes(&mut self, slot: usize, lba: u64, fua: bool, chunks: Chunks) {
         let bs = u64::from(self.block_size);
-        // Empty chunks went to the engine already (streamed as they filled).
-        for (i, buf) in chunks
-            .into_iter()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-        {
+        // Empty chunks went to the engine already (streamed as they
+        // filled); one that holds a buffer but no data (taken for data that
+        // never came) goes back to the pool.
+        for (i, buf) in chunks.into_iter().enumerate() {
+            if buf.is_empty() {
+                if buf.capacity() > 0 {
+                    buffer_pool::give_back(self.pool.as_ref(), buf);
+                }
+                continue;
+            }
             let at = lba + (i * CHUNK) as u64 / bs;
             self.submit(slot, Op::Write { lba: at, buf, fua });
         }
@@ -1646,7 +1640,7 @@ impl IscsiConn {
                 return;
             }
             let n = per.min(blocks - *done);
-            let mut buf = Vec::with_capacity(n as usize * bs);
+            let mut buf = buffer_pool::take(self.pool.as_ref(), n as usize * bs);
             for _ in 0..n {
                 buf.extend_from_slice(pattern);
             }
@@ -1747,10 +1741,23 @@ impl IscsiConn {
             ) if !t.staged => {
                 t.staged = true;
                 let Ok(()) = c.result else {
+                    if let Some(b) = c.buf {
+                        buffer_pool::give_back(self.pool.as_ref(), b);
+                    }
                     self.maybe_finish(slot, out);
                     return;
                 };
                 let got = c.buf.unwrap_or_default();
+                // The LUN's buffers (`expect`, `data`: parts of the
+                // parameter data) are plain Vecs: what goes to the engine
+                // is copied into a pool buffer, as the write's completion
+                // gives its buffer to the pool.
+                let pool = self.pool.clone();
+                let pooled = |v: &[u8]| {
+                    let mut b = buffer_pool::take(pool.as_ref(), v.len());
+                    b.extend_from_slice(v);
+                    b
+                };
                 let work = std::mem::replace(&mut t.work, Work::None);
                 match work {
                     Work::Data(DataAction::CompareAndWrite {
@@ -1769,28 +1776,16 @@ impl IscsiConn {
                                 ),
                             ));
                         } else {
-                            self.submit(
-                                slot,
-                                Op::Write {
-                                    lba,
-                                    buf: data,
-                                    fua,
-                                },
-                            );
+                            let buf = pooled(&data);
+                            self.submit(slot, Op::Write { lba, buf, fua });
                         }
                     }
                     Work::Data(DataAction::Or { lba, fua, mut data }) => {
                         for (d, g) in data.iter_mut().zip(&got) {
                             *d |= g;
                         }
-                        self.submit(
-                            slot,
-                            Op::Write {
-                                lba,
-                                buf: data,
-                                fua,
-                            },
-                        );
+                        let buf = pooled(&data);
+                        self.submit(slot, Op::Write { lba, buf, fua });
                     }
                     Work::Data(DataAction::Compare { expect, same, .. }) => {
                         let bs = self.block_size as usize;
@@ -1816,23 +1811,33 @@ impl IscsiConn {
                     }
                     _ => {}
                 }
+                buffer_pool::give_back(self.pool.as_ref(), got);
                 self.maybe_finish(slot, out);
             }
             Work::Same { .. } => {
+                // A chunk of the pattern written: its buffer to the pool.
+                if let Some(b) = c.buf {
+                    buffer_pool::give_back(self.pool.as_ref(), b);
+                }
                 self.submit_same(slot);
                 self.maybe_finish(slot, out);
             }
             Work::Tail { lba, fua } => {
                 let (lba, fua) = (*lba, *fua);
                 t.work = Work::None;
-                if let (Ok(()), Some(block)) = (&c.result, c.buf) {
-                    let mut chunks = std::mem::take(&mut t.data);
-                    let want = t.want as usize;
-                    let keep = want % self.block_size as usize;
-                    if let Some(last) = chunks.last_mut() {
-                        last.extend_from_slice(&block[keep..]);
+                match (&c.result, c.buf) {
+                    (Ok(()), Some(block)) => {
+                        let mut chunks = std::mem::take(&mut t.data);
+                        let want = t.want as usize;
+                        let keep = want % self.block_size as usize;
+                        if let Some(last) = chunks.last_mut() {
+                            last.extend_from_slice(&block[keep..]);
+                        }
+                        buffer_pool::give_back(self.pool.as_ref(), block);
+                        self.submit_writes(slot, lba, fua, chunks);
                     }
-                    self.submit_writes(slot, lba, fua, chunks);
+                    (_, Some(block)) => buffer_pool::give_back(self.pool.as_ref(), block),
+                    (_, None) => {}
                 }
                 self.maybe_finish(slot, out);
             }

@@ -289,7 +289,11 @@ impl NvmeConn {
     }
 
     /// C2HData of `data` at `offset`; `last` closes the command's data
-    /// and, without SQ flow control, carries the success.
+    /// and, without SQ flow control, carries the success. A `pooled`
+    /// buffer (read data) is queued by move and goes back to the pool once
+    /// sent; any other (identify data, log pages) is copied, as the pool
+    /// must get back only the buffers it handed out.
+    #[allow(clippy::too_many_arguments)]
     fn c2h(
         &mut self,
         out: &mut OutQueue,
@@ -298,6 +302,7 @@ impl NvmeConn {
         data: Vec<u8>,
         last: bool,
         success: bool,
+        pooled: bool,
     ) {
         let flags = if last { FLAG_LAST_PDU } else { 0 } | if success { FLAG_SUCCESS } else { 0 };
         let mut h = self.header(PduType::C2hData, DATA_HLEN, data.len(), flags);
@@ -306,7 +311,11 @@ impl NvmeConn {
         h[16..20].copy_from_slice(&u32::try_from(data.len()).unwrap_or(0).to_le_bytes());
         self.push_header(out, &h);
         let crc = self.dd.then(|| crc32c(&data));
-        out.push_buf(data);
+        if pooled {
+            out.push_buf(data);
+        } else {
+            out.push(&data);
+        }
         if let Some(c) = crc {
             out.push(&to_wire(c));
         }
@@ -318,7 +327,7 @@ impl NvmeConn {
         let cid = sqe.cid.get();
         if len > 0 {
             let success = self.sqflow_off;
-            self.c2h(out, cid, 0, data, true, success);
+            self.c2h(out, cid, 0, data, true, success, false);
             if success {
                 self.sq_head = (self.sq_head + 1) % self.sqsize.max(1);
                 return;
@@ -1466,7 +1475,7 @@ impl NvmeConn {
             let success = last && sqflow_off && t.ops == 0;
             let (cid, off) = (t.sqe.cid.get(), t.sent);
             t.sent += buf.len();
-            self.c2h(out, cid, off, buf, last, success);
+            self.c2h(out, cid, off, buf, last, success, true);
             if success {
                 self.sq_head = (self.sq_head + 1) % self.sqsize.max(1);
                 self.release(slot);

@@ -15,6 +15,11 @@
 //! returns a buffer). Buffers must come back with their capacity unchanged
 //! (`clear`/`truncate`/`resize` within capacity are fine); a returned `Vec`
 //! whose capacity is not a tier size is dropped and counted as foreign.
+//!
+//! Only buffers the pool handed out may be given back: a `Vec` of a tier's
+//! capacity that the pool never issued would be taken for one of its own
+//! and bend the in-use count for good. Debug builds (every test) keep a
+//! ledger of the buffers out and panic on such a return, naming the caller.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -109,6 +114,9 @@ pub struct BufferPool {
     refusals: AtomicU64,
     foreign: AtomicU64,
     evictions: AtomicU64,
+    /// Debug builds: the addresses of the buffers handed out.
+    #[cfg(debug_assertions)]
+    issued: std::sync::Mutex<std::collections::HashSet<usize>>,
 }
 
 /// The tier that serves `size` bytes.
@@ -143,7 +151,20 @@ impl BufferPool {
             refusals: AtomicU64::new(0),
             foreign: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            #[cfg(debug_assertions)]
+            issued: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Debug builds: note a buffer handed out.
+    #[allow(clippy::unused_self, clippy::ptr_arg)]
+    fn issue(&self, v: &Vec<u8>) {
+        #[cfg(debug_assertions)]
+        self.issued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(v.as_ptr() as usize);
+        let _ = v;
     }
 
     /// The configured bound.
@@ -165,6 +186,7 @@ impl BufferPool {
         if let Some(v) = self.tiers[t].pop() {
             self.hits.fetch_add(1, Ordering::Relaxed);
             self.in_use.fetch_add(tsize, Ordering::AcqRel);
+            self.issue(&v);
             return Ok(v);
         }
         if !self.reserve(t) {
@@ -173,7 +195,9 @@ impl BufferPool {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         self.in_use.fetch_add(tsize, Ordering::AcqRel);
-        Ok(Vec::with_capacity(tsize))
+        let v = Vec::with_capacity(tsize);
+        self.issue(&v);
+        Ok(v)
     }
 
     /// Reserve room for one new buffer of tier `t`, evicting free buffers of
@@ -216,6 +240,19 @@ impl BufferPool {
             self.foreign.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        #[cfg(debug_assertions)]
+        {
+            let known = self
+                .issued
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&(v.as_ptr() as usize));
+            assert!(
+                known,
+                "a buffer of {} bytes the pool never handed out was given back",
+                v.capacity()
+            );
+        }
         sub_saturating(&self.in_use, TIER_SIZES[t]);
         v.clear();
         if self.tiers[t].push(v).is_err() {
@@ -320,8 +357,17 @@ impl PoolAccount {
 /// simply dropped when given back). For per-I/O data buffers: no allocation
 /// in steady state.
 pub fn take(pool: Option<&Arc<BufferPool>>, cap: usize) -> Vec<u8> {
-    pool.and_then(|p| p.get(cap).ok())
-        .unwrap_or_else(|| Vec::with_capacity(cap))
+    pool.and_then(|p| p.get(cap).ok()).unwrap_or_else(|| {
+        // Not the pool's: a capacity no tier has, so that giving it back
+        // drops it (counted as foreign) instead of passing it off as one
+        // of the pool's buffers.
+        let odd = if tier_of_capacity(cap).is_some() {
+            cap + 1
+        } else {
+            cap
+        };
+        Vec::with_capacity(odd)
+    })
 }
 
 /// [`take`], filled with `len` zero bytes (a read's destination).

@@ -224,11 +224,14 @@ impl OutQueue {
             return;
         }
         if data.len() > self.small_write {
+            // A copy of our own, not a pool buffer: marked inline so that
+            // it is recycled here (or dropped), never handed to the pool,
+            // whose accounts a Vec it did not hand out would corrupt.
             let mut v = Vec::with_capacity(data.len());
             v.extend_from_slice(data);
             self.chunks.push_back(OutChunk {
                 data: v,
-                inline: false,
+                inline: true,
             });
             self.bytes += data.len();
             return;
@@ -273,7 +276,7 @@ impl OutQueue {
 
     fn recycle_inline(&mut self, mut v: Vec<u8>) {
         v.clear();
-        if self.spare.len() < SPARE_INLINE {
+        if self.spare.len() < SPARE_INLINE && v.capacity() <= INLINE_CAP {
             self.spare.push(v);
         }
     }

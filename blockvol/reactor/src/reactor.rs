@@ -918,8 +918,10 @@ mod tests {
         for _ in 0..100 {
             call(&pool, 0, |_| ());
         }
-        let cpu0 = call(&pool, 0, |_| thread_cpu_time());
+        // Counters before the call: the reactor sleeps (and counts it) at
+        // least once after the call, however late this thread reads them.
         let c0 = pool.remote(0).unwrap().counters();
+        let cpu0 = call(&pool, 0, |_| thread_cpu_time());
         std::thread::sleep(Duration::from_millis(200));
         let cpu1 = call(&pool, 0, |_| thread_cpu_time());
         let c1 = pool.remote(0).unwrap().counters();
