@@ -21,7 +21,8 @@
 //! SAME, the atomic-write and parameter-data paths, staged reads, and
 //! the output queue's own copies dropped pool buffers or handed foreign
 //! ones to the pool; the NVMe/TCP target queued identify data as a pool
-//! buffer.
+//! buffer; a COMPARE AND WRITE with an EDTL shorter than its data
+//! panicked the reactor.
 #![allow(clippy::cast_possible_truncation)]
 // Opcodes are OR-ed with the Immediate bit, NOP-Out's among them (0x00).
 #![allow(clippy::identity_op)]

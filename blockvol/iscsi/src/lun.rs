@@ -862,11 +862,27 @@ impl Lun {
         }
     }
 
-    /// Finish a command whose data-out (`data`, exactly the length
-    /// [`Action::NeedData`] asked for) has arrived.
+    /// Finish a command whose data-out has arrived: the length
+    /// [`Action::NeedData`] asked for, or less when the initiator's
+    /// expected transfer length was shorter (the session transfers what
+    /// both allow). Parameter lists are parsed as far as they go; a block
+    /// command whose data does not cover its blocks is refused (INVALID
+    /// FIELD IN COMMAND INFORMATION UNIT, as Linux LIO answers a write
+    /// underflow) rather than run on part of its data.
     pub fn with_data(&self, cdb: &Cdb, raw: &[u8], data: Vec<u8>, nexus: &Nexus) -> DataAction {
         let bs = self.block_size();
+        let refuse = || dcheck(Sense::new(key::ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_IU));
+        let len = data.len();
+        let bytes = |blocks: u32| blocks as usize * bs as usize;
         match *cdb {
+            Cdb::WriteSame { unmap: false, .. } if len != bytes(1) => refuse(),
+            Cdb::CompareAndWrite { blocks, .. } if len != 2 * bytes(u32::from(blocks)) => refuse(),
+            Cdb::OrWrite { blocks, .. } if len != bytes(blocks) => refuse(),
+            Cdb::Verify { blocks, bytchk, .. }
+                if len != bytes(if bytchk == 3 { 1 } else { blocks }) =>
+            {
+                refuse()
+            }
             Cdb::Unmap { .. } => self.unmap(&data),
             Cdb::WriteSame {
                 lba, blocks, unmap, ..
@@ -2128,5 +2144,50 @@ mod tests {
             sense_of(&plan(&l, &caw, &a)),
             Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB))
         );
+    }
+
+    /// An initiator whose expected transfer length is shorter than a block
+    /// command's data gets the command refused, not run on part of it.
+    /// Found by the PDU storm test: a COMPARE AND WRITE of 3 blocks with
+    /// EDTL 482 panicked the reactor (`split_off` past the end).
+    #[test]
+    fn block_commands_refuse_data_that_does_not_cover_their_blocks() {
+        let (_d, l) = lun();
+        let a = nexus("a");
+        let bs = 4096usize;
+        let refused = |d: DataAction| {
+            matches!(d, DataAction::Status(2, Some(s))
+                if s.key == key::ILLEGAL_REQUEST && s.asc == ASC_INVALID_FIELD_IN_IU)
+        };
+        // COMPARE AND WRITE of 3 blocks, WRITE SAME(10) of 8, ORWRITE(16)
+        // of 2, VERIFY(10) of 2 with BYTCHK 1 and with BYTCHK 3.
+        let caw = [0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0];
+        let ws = [0x41, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+        let or = [0x8b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0];
+        let v1 = [0x2f, 0x02, 0, 0, 0, 0, 0, 0, 2, 0];
+        let v3 = [0x2f, 0x06, 0, 0, 0, 0, 0, 0, 2, 0];
+        for (cdb, want) in [
+            (&caw[..], 6 * bs),
+            (&ws[..], bs),
+            (&or[..], 2 * bs),
+            (&v1[..], 2 * bs),
+            (&v3[..], bs),
+        ] {
+            let c = parse_cdb(cdb).unwrap();
+            assert!(
+                matches!(plan(&l, cdb, &a), Action::NeedData { len } if len as usize == want),
+                "{cdb:02x?}"
+            );
+            for got in [0, 1, 482, want - 1] {
+                assert!(
+                    refused(l.with_data(&c, cdb, vec![7u8; got], &a)),
+                    "{cdb:02x?} with {got} bytes"
+                );
+            }
+            assert!(
+                !refused(l.with_data(&c, cdb, vec![7u8; want], &a)),
+                "{cdb:02x?} with all its data"
+            );
+        }
     }
 }
