@@ -535,7 +535,7 @@ fn iscsi_sessions_survive_random_pdu_storms() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = server(dir.path());
     let (mut v, data) = iscsi_victim(&s);
-    let n = rounds(60);
+    let n = rounds(500);
     let mut pdus = 0u64;
     let mut answers = 0u64;
     let mut open_after_eof = Vec::new();
@@ -834,7 +834,7 @@ fn nvme_queues_survive_random_pdu_storms() {
     let (mut va, mut vio, data) = nvme_victim(&s);
     let sub = nqn("vol0");
     let host = "nqn.2026-11.io.keel.test:storm";
-    let n = rounds(60);
+    let n = rounds(500);
     let mut pdus = 0u64;
     let mut answers = 0u64;
     let mut open_after_eof = Vec::new();
