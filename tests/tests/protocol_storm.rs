@@ -35,6 +35,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keel_bench::nvmf_client::Queue;
+use keel_pdu::iscsi::Login;
 use keel_pdu::nvme::Status;
 use keel_tests::iscsi_client::Client;
 use keel_tests::server::{iqn, nqn, ServerProcess};
@@ -629,6 +630,226 @@ fn iscsi_sessions_survive_random_pdu_storms() {
     }
     s.assert_buffer_pool_idle();
     eprintln!("iSCSI storm: {n} sessions, {pdus} PDUs sent, {answers} received");
+}
+
+/// Key=value pairs for the login storm: the keys RFC 7143 defines (and
+/// some nobody does), with valid, out-of-range, malformed and huge values.
+fn login_text(rng: &mut StdRng) -> Vec<u8> {
+    const KEYS: [&str; 22] = [
+        "InitiatorName",
+        "TargetName",
+        "SessionType",
+        "AuthMethod",
+        "CHAP_A",
+        "CHAP_N",
+        "CHAP_R",
+        "CHAP_I",
+        "CHAP_C",
+        "HeaderDigest",
+        "DataDigest",
+        "MaxRecvDataSegmentLength",
+        "MaxBurstLength",
+        "FirstBurstLength",
+        "MaxConnections",
+        "InitialR2T",
+        "ImmediateData",
+        "ErrorRecoveryLevel",
+        "DefaultTime2Wait",
+        "MaxOutstandingR2T",
+        "X-com.example.junk",
+        "TargetAlias",
+    ];
+    const VALUES: [&str; 22] = [
+        "iqn.2026-11.io.keel.test:storm",
+        "iqn.2026-11.io.keel:vol0",
+        "iqn.2026-11.io.keel:missing",
+        "Normal",
+        "Discovery",
+        "None",
+        "CHAP",
+        "CHAP,None",
+        "5",
+        "7,5",
+        "CRC32C,None",
+        "None,CRC32C",
+        "0",
+        "1",
+        "512",
+        "16777215",
+        "16777216",
+        "4294967296",
+        "Yes",
+        "No",
+        "Irrelevant",
+        "Reject",
+    ];
+    let mut t = Vec::new();
+    for _ in 0..rng.gen_range(0..12) {
+        match rng.gen_range(0..20) {
+            // A key without '=', an empty key, a bare NUL.
+            0 => t.extend_from_slice(b"InitiatorName\0"),
+            1 => t.extend_from_slice(b"=x\0"),
+            2 => t.push(0),
+            // A huge or binary value.
+            3 => {
+                t.extend_from_slice(KEYS[rng.gen_range(0..KEYS.len())].as_bytes());
+                t.push(b'=');
+                let n = rng.gen_range(200..9000);
+                t.extend((0..n).map(|_| rng.gen_range(1u8..=255)));
+                t.push(0);
+            }
+            // A hex or base64 value (CHAP).
+            4 => {
+                t.extend_from_slice(KEYS[rng.gen_range(4..9)].as_bytes());
+                t.extend_from_slice(if rng.gen_bool(0.5) { b"=0x" } else { b"=0b" });
+                let n = rng.gen_range(0..80);
+                t.extend((0..n).map(|_| b"0123456789abcdefABCDEF+/=g"[rng.gen_range(0..26)]));
+                t.push(0);
+            }
+            _ => {
+                t.extend_from_slice(KEYS[rng.gen_range(0..KEYS.len())].as_bytes());
+                t.push(b'=');
+                t.extend_from_slice(VALUES[rng.gen_range(0..VALUES.len())].as_bytes());
+                t.push(0);
+            }
+        }
+    }
+    t
+}
+
+/// Logins that go wrong in every way the login phase allows: random stage
+/// transitions (T, C, CSG, NSG), versions, ISIDs, TSIHs of sessions that do
+/// or do not exist, CmdSNs, text split across continuations or not, keys
+/// from a vocabulary with good, bad and huge values, and now and then a
+/// non-login PDU before full-feature phase. Each connection must get login
+/// responses or be dropped, close within a bounded time of the
+/// initiator's EOF, and leave the server, a logged-in victim session and
+/// the pool as they were.
+#[test]
+fn iscsi_logins_survive_random_login_storms() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = server(dir.path());
+    let (mut v, data) = iscsi_victim(&s);
+    let n = rounds(300);
+    let mut pdus = 0u64;
+    let mut answers = 0u64;
+    let mut open_after_eof = Vec::new();
+    for round in 0..n {
+        let mut rng = StdRng::seed_from_u64(1_000_000 + round);
+        let mut sock = match TcpStream::connect(s.iscsi) {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "round {round}: cannot connect ({e}); server log:\n{}",
+                s.log()
+            ),
+        };
+        let drain = Drain::start(sock.try_clone().unwrap(), iscsi_header);
+        let mut isid = [0x80, 0, 0, 0, 0, 0];
+        rng.fill(&mut isid[2..]);
+        let mut cmd_sn: u32 = rng.gen();
+        // Most connections start with a login that could succeed, so the
+        // later PDUs meet the operational stage too.
+        let mut stage = 0u8;
+        for i in 0..rng.gen_range(1..12) {
+            let p = if i == 0 && rng.gen_bool(0.7) {
+                let mut text = b"InitiatorName=iqn.2026-11.io.keel.test:storm\0".to_vec();
+                text.extend_from_slice(if rng.gen_bool(0.8) {
+                    b"SessionType=Normal\0TargetName=iqn.2026-11.io.keel:vol0\0"
+                } else {
+                    b"SessionType=Discovery\0"
+                });
+                text.extend_from_slice(b"AuthMethod=None\0");
+                if rng.gen_bool(0.3) {
+                    text.extend(login_text(&mut rng));
+                }
+                stage = 1;
+                let req = Login {
+                    transit: true,
+                    continue_bit: false,
+                    csg: 0,
+                    nsg: 1,
+                    version_max: 0,
+                    version: 0,
+                    data_len: text.len(),
+                    isid,
+                    tsih: 0,
+                    itt: 0,
+                    cid: 0,
+                    sn: cmd_sn,
+                    exp_sn: 0,
+                    max_cmd_sn: 0,
+                    status_class: 0,
+                    status_detail: 0,
+                };
+                with_data(req.encode(true).to_bytes(), &text)
+            } else if rng.gen_bool(0.08) {
+                // Not a login: a SCSI command, a NOP, a Text or a Logout.
+                let op = [0x01, 0x00, 0x04, 0x06][rng.gen_range(0..4)];
+                let mut h = bhs(op | 0x40, 0x80, 0, 0, rng.gen());
+                h[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+                h[32] = 0x28;
+                with_data(h, &[])
+            } else {
+                let text = login_text(&mut rng);
+                let req = Login {
+                    transit: rng.gen_bool(0.6),
+                    continue_bit: rng.gen_bool(0.1),
+                    csg: if rng.gen_bool(0.8) {
+                        stage
+                    } else {
+                        rng.gen_range(0..4)
+                    },
+                    nsg: if rng.gen_bool(0.8) {
+                        [1, 3][rng.gen_range(0..2)]
+                    } else {
+                        rng.gen_range(0..4)
+                    },
+                    version_max: if rng.gen_bool(0.9) { 0 } else { rng.gen() },
+                    version: if rng.gen_bool(0.9) { 0 } else { rng.gen() },
+                    data_len: text.len(),
+                    isid: if rng.gen_bool(0.9) { isid } else { rng.gen() },
+                    tsih: if rng.gen_bool(0.8) {
+                        0
+                    } else {
+                        rng.gen_range(0..4)
+                    },
+                    itt: rng.gen_range(0..3),
+                    cid: rng.gen_range(0..3),
+                    sn: cmd_sn,
+                    exp_sn: 0,
+                    max_cmd_sn: 0,
+                    status_class: 0,
+                    status_detail: 0,
+                };
+                if rng.gen_bool(0.1) {
+                    cmd_sn = rng.gen();
+                }
+                with_data(req.encode(true).to_bytes(), &text)
+            };
+            if sock.write_all(&p).is_err() {
+                break;
+            }
+            pdus += 1;
+        }
+        let _ = sock.shutdown(Shutdown::Write);
+        match drain.closed() {
+            Some(k) => answers += k,
+            None => open_after_eof.push(round),
+        }
+        if round % 50 == 49 {
+            check_server(&mut s);
+            iscsi_victim_ok(&mut v, &data);
+        }
+    }
+    assert!(
+        open_after_eof.is_empty(),
+        "connections still open {CLOSE_WITHIN:?} after the initiator's EOF, rounds {open_after_eof:?}"
+    );
+    check_server(&mut s);
+    iscsi_victim_ok(&mut v, &data);
+    v.logout().unwrap();
+    s.assert_buffer_pool_idle();
+    eprintln!("iSCSI login storm: {n} connections, {pdus} PDUs sent, {answers} received");
 }
 
 const IO_OPS: [u8; 12] = [
