@@ -1130,3 +1130,153 @@ fn nvme_queues_survive_random_pdu_storms() {
     s.assert_buffer_pool_idle();
     eprintln!("NVMe/TCP storm: {n} rounds, {pdus} PDUs sent, {answers} received");
 }
+
+/// NVMe/TCP connections that go wrong before or while they connect: ICReqs
+/// with random PFV, HPDA, digest flags, MAXR2T and lengths (or none), then
+/// Connect capsules with random queue IDs, sizes, attributes, KATO,
+/// controller IDs, host IDs and NQNs (valid, unknown, unterminated, binary,
+/// for the discovery subsystem), in-capsule or on R2T, property gets and
+/// sets before and after, and commands before any Connect. Each connection
+/// gets its answers or a termination, closes within a bounded time of the
+/// host's EOF, and leaves the server, a victim association and the pool as
+/// they were.
+#[test]
+fn nvme_connects_survive_random_connect_storms() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = server(dir.path());
+    let (mut va, mut vio, data) = nvme_victim(&s);
+    let n = rounds(300);
+    let mut pdus = 0u64;
+    let mut answers = 0u64;
+    let mut open_after_eof = Vec::new();
+    let nqns: [&[u8]; 6] = [
+        b"nqn.2026-11.io.keel:vol0",
+        b"nqn.2026-11.io.keel:missing",
+        b"nqn.2014-08.org.nvmexpress.discovery",
+        b"nqn.2026-11.io.keel.test:storm",
+        b"",
+        b"nqn.\xff\xfe",
+    ];
+    for round in 0..n {
+        let mut rng = StdRng::seed_from_u64(2_000_000 + round);
+        let mut sock = match TcpStream::connect(s.nvmf) {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "round {round}: cannot connect ({e}); server log:\n{}",
+                s.log()
+            ),
+        };
+        let drain = Drain::start(sock.try_clone().unwrap(), nvme_header);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        if rng.gen_bool(0.9) {
+            let mut ic = nvme_pdu_header(0x00, 0, 128, &[]);
+            if rng.gen_bool(0.7) {
+                ic[11] = rng.gen_range(0..4); // digests
+                ic[12..16].copy_from_slice(&rng.gen_range(0u32..8).to_le_bytes());
+            } else {
+                ic[8..128].copy_from_slice(&junk(&mut rng, 120));
+            }
+            if rng.gen_bool(0.1) {
+                ic[2] = rng.gen();
+                ic[4..8].copy_from_slice(&rng.gen::<u32>().to_le_bytes());
+            }
+            out.push(ic);
+        }
+        for _ in 0..rng.gen_range(0..6) {
+            let mut sqe = [0u8; 64];
+            sqe[0] = 0x7f;
+            sqe[1] = 0x40;
+            sqe[2..4].copy_from_slice(&rng.gen::<u16>().to_le_bytes());
+            let fct = [0x01, 0x01, 0x01, 0x04, 0x00, 0x05, 0x06, 0x08, 0x7e][rng.gen_range(0..9)];
+            sqe[4] = fct;
+            let mut d = Vec::new();
+            if fct == 0x01 {
+                sqe[42..44]
+                    .copy_from_slice(&[0u16, 0, 1, 2, 0xffff][rng.gen_range(0..5)].to_le_bytes());
+                sqe[44..46].copy_from_slice(
+                    &[0u16, 1, 31, 127, 0xffff][rng.gen_range(0..5)].to_le_bytes(),
+                );
+                sqe[46] = rng.gen_range(0..8);
+                sqe[48..52].copy_from_slice(
+                    &[0u32, 1, 15_000, u32::MAX][rng.gen_range(0..4)].to_le_bytes(),
+                );
+                d = vec![
+                    0u8;
+                    if rng.gen_bool(0.9) {
+                        1024
+                    } else {
+                        rng.gen_range(0..2048)
+                    }
+                ];
+                if d.len() >= 1024 {
+                    rng.fill(&mut d[0..16]);
+                    let cntlid: u16 = [0xffff, 0xfffe, 1, 2, rng.gen()][rng.gen_range(0..5)];
+                    d[16..18].copy_from_slice(&cntlid.to_le_bytes());
+                    let sub = nqns[rng.gen_range(0..nqns.len())];
+                    d[256..256 + sub.len()].copy_from_slice(sub);
+                    let host = nqns[rng.gen_range(0..nqns.len())];
+                    d[512..512 + host.len()].copy_from_slice(host);
+                    if rng.gen_bool(0.1) {
+                        // Unterminated NQNs.
+                        d[256..512].fill(b'a');
+                        d[512..768].fill(b'b');
+                    }
+                } else {
+                    rng.fill(&mut d[..]);
+                }
+            } else {
+                sqe[40..48].copy_from_slice(&rng.gen_range(0u64..0x40).to_le_bytes());
+                sqe[48..56].copy_from_slice(&rng.gen::<u64>().to_le_bytes());
+            }
+            let in_capsule = !d.is_empty() && rng.gen_bool(0.8);
+            sqe[32..36].copy_from_slice(&(d.len() as u32).to_le_bytes());
+            sqe[39] = if in_capsule { 0x01 } else { 0x5a };
+            let body = if in_capsule { d } else { Vec::new() };
+            let mut h = nvme_pdu_header(0x04, 0, 72, &body);
+            h[8..72].copy_from_slice(&sqe);
+            h.extend_from_slice(&body);
+            out.push(h);
+            if rng.gen_bool(0.1) {
+                // An I/O or admin command, connected or not.
+                let mut c = [0u8; 64];
+                rng.fill(&mut c[..]);
+                c[0] = [0x02, 0x06, 0x01, 0x18][rng.gen_range(0..4)];
+                c[1] = 0x40;
+                let mut h = nvme_pdu_header(0x04, 0, 72, &[]);
+                h[8..72].copy_from_slice(&c);
+                out.push(h);
+            }
+        }
+        for p in out {
+            // Now and then one byte at a time, with pauses.
+            let sent = if rng.gen_bool(0.05) {
+                p.iter()
+                    .try_for_each(|b| sock.write_all(std::slice::from_ref(b)))
+            } else {
+                sock.write_all(&p)
+            };
+            if sent.is_err() {
+                break;
+            }
+            pdus += 1;
+        }
+        let _ = sock.shutdown(Shutdown::Write);
+        match drain.closed() {
+            Some(k) => answers += k,
+            None => open_after_eof.push(round),
+        }
+        if round % 50 == 49 {
+            check_server(&mut s);
+            nvme_victim_ok(&mut va, &mut vio, &data);
+        }
+    }
+    assert!(
+        open_after_eof.is_empty(),
+        "connections still open {CLOSE_WITHIN:?} after the host's EOF, rounds {open_after_eof:?}"
+    );
+    check_server(&mut s);
+    nvme_victim_ok(&mut va, &mut vio, &data);
+    drop((va, vio));
+    s.assert_buffer_pool_idle();
+    eprintln!("NVMe/TCP connect storm: {n} connections, {pdus} PDUs sent, {answers} received");
+}
