@@ -258,7 +258,7 @@ impl Handle {
     }
 
     /// Operations submitted and not yet completed (deferred ones included,
-    /// and durable writes waiting for their fdatasync).
+    /// and flushes and durable writes waiting for their fdatasync).
     pub fn in_flight(&self) -> usize {
         self.in_flight + self.deferred.len() + self.syncing
     }
@@ -920,9 +920,10 @@ fn take_buf(op: Op) -> Option<Vec<u8>> {
 impl Handle {
     /// Close the handle and hand every buffer it still holds to `f`: those
     /// of completions not yet taken, of operations in flight and of durable
-    /// writes waiting for their fdatasync (both waited for) and of writes
-    /// parked by admission control (never submitted, so never done). A caller that pools its
-    /// buffers gets them all back; dropping the handle frees them instead.
+    /// writes waiting for their fdatasync (both waited for), and of writes
+    /// parked by admission control (never submitted, so never done). A
+    /// caller that pools its buffers gets them all back; dropping the
+    /// handle frees them instead.
     pub fn close(mut self, mut f: impl FnMut(Vec<u8>)) {
         for d in std::mem::take(&mut self.deferred) {
             if let Op::Read { buf, .. } | Op::Write { buf, .. } = d.op {

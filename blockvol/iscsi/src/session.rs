@@ -1811,7 +1811,9 @@ impl IscsiConn {
                     }
                     _ => {}
                 }
-                buffer_pool::give_back(self.pool.as_ref(), got);
+                if got.capacity() > 0 {
+                    buffer_pool::give_back(self.pool.as_ref(), got);
+                }
                 self.maybe_finish(slot, out);
             }
             Work::Same { .. } => {
