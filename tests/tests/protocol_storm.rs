@@ -124,6 +124,60 @@ impl Drain {
     }
 }
 
+/// What a storm test counts, and its end: every connection closed after
+/// the peer's EOF, the server alive without a panic, the victim's data
+/// intact, every pool buffer back.
+#[derive(Default)]
+struct Tally {
+    rounds: u64,
+    pdus: u64,
+    answers: u64,
+    open_after_eof: Vec<u64>,
+}
+
+impl Tally {
+    /// A round's connection is done sending: wait for the target to close
+    /// it.
+    fn end(&mut self, round: u64, drain: Drain) {
+        self.rounds += 1;
+        match drain.closed() {
+            Some(n) => self.answers += n,
+            None => self.open_after_eof.push(round),
+        }
+    }
+
+    fn finish(self, s: &mut ServerProcess, what: &str, unit: &str, victim_ok: impl FnOnce()) {
+        assert!(
+            self.open_after_eof.is_empty(),
+            "{what}: connections still open {CLOSE_WITHIN:?} after the peer's EOF, rounds {:?}",
+            self.open_after_eof
+        );
+        check_server(s);
+        victim_ok();
+        if std::env::var_os("KEEL_STORM_DEBUG").is_some() {
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = s.admin_get("/metrics");
+            eprintln!("FINAL LOG\n{}", s.log());
+        }
+        s.assert_buffer_pool_idle();
+        eprintln!(
+            "{what}: {} {unit}, {} PDUs sent, {} received",
+            self.rounds, self.pdus, self.answers
+        );
+    }
+}
+
+/// A connection to `addr` for storm round `round` (a refusal means the
+/// server died: its log says why).
+fn connect(s: &ServerProcess, addr: std::net::SocketAddr, round: u64) -> TcpStream {
+    TcpStream::connect(addr).unwrap_or_else(|e| {
+        panic!(
+            "round {round}: cannot connect ({e}); server log:\n{}",
+            s.log()
+        )
+    })
+}
+
 fn skip(sock: &mut TcpStream, n: usize) -> std::io::Result<()> {
     let mut left = n;
     let mut buf = [0u8; 16 << 10];
@@ -537,9 +591,7 @@ fn iscsi_sessions_survive_random_pdu_storms() {
     let mut s = server(dir.path());
     let (mut v, data) = iscsi_victim(&s);
     let n = rounds(500);
-    let mut pdus = 0u64;
-    let mut answers = 0u64;
-    let mut open_after_eof = Vec::new();
+    let mut tally = Tally::default();
     let first: u64 = std::env::var("KEEL_STORM_FIRST")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -594,13 +646,10 @@ fn iscsi_sessions_survive_random_pdu_storms() {
             if sent.is_err() {
                 break; // the target dropped the session: its right
             }
-            pdus += 1;
+            tally.pdus += 1;
         }
         let _ = c.socket().shutdown(Shutdown::Write);
-        match drain.closed() {
-            Some(n) => answers += n,
-            None => open_after_eof.push(round),
-        }
+        tally.end(round, drain);
         if std::env::var_os("KEEL_STORM_DEBUG").is_some() {
             std::thread::sleep(Duration::from_millis(300));
             let m = s.admin_get("/metrics");
@@ -615,21 +664,10 @@ fn iscsi_sessions_survive_random_pdu_storms() {
             iscsi_victim_ok(&mut v, &data);
         }
     }
-    assert!(
-        open_after_eof.is_empty(),
-        "connections still open {CLOSE_WITHIN:?} after the initiator's EOF, rounds {open_after_eof:?}"
-    );
-    check_server(&mut s);
-    iscsi_victim_ok(&mut v, &data);
+    tally.finish(&mut s, "iSCSI storm", "sessions", || {
+        iscsi_victim_ok(&mut v, &data)
+    });
     v.logout().unwrap();
-    if std::env::var_os("KEEL_STORM_DEBUG").is_some() {
-        std::thread::sleep(Duration::from_secs(2));
-        let _ = s.admin_get("/metrics");
-        std::thread::sleep(Duration::from_millis(500));
-        eprintln!("FINAL LOG\n{}", s.log());
-    }
-    s.assert_buffer_pool_idle();
-    eprintln!("iSCSI storm: {n} sessions, {pdus} PDUs sent, {answers} received");
 }
 
 /// Key=value pairs for the login storm: the keys RFC 7143 defines (and
@@ -731,18 +769,10 @@ fn iscsi_logins_survive_random_login_storms() {
     let mut s = server(dir.path());
     let (mut v, data) = iscsi_victim(&s);
     let n = rounds(300);
-    let mut pdus = 0u64;
-    let mut answers = 0u64;
-    let mut open_after_eof = Vec::new();
+    let mut tally = Tally::default();
     for round in 0..n {
         let mut rng = StdRng::seed_from_u64(1_000_000 + round);
-        let mut sock = match TcpStream::connect(s.iscsi) {
-            Ok(c) => c,
-            Err(e) => panic!(
-                "round {round}: cannot connect ({e}); server log:\n{}",
-                s.log()
-            ),
-        };
+        let mut sock = connect(&s, s.iscsi, round);
         let drain = Drain::start(sock.try_clone().unwrap(), iscsi_header);
         let mut isid = [0x80, 0, 0, 0, 0, 0];
         rng.fill(&mut isid[2..]);
@@ -829,27 +859,19 @@ fn iscsi_logins_survive_random_login_storms() {
             if sock.write_all(&p).is_err() {
                 break;
             }
-            pdus += 1;
+            tally.pdus += 1;
         }
         let _ = sock.shutdown(Shutdown::Write);
-        match drain.closed() {
-            Some(k) => answers += k,
-            None => open_after_eof.push(round),
-        }
+        tally.end(round, drain);
         if round % 50 == 49 {
             check_server(&mut s);
             iscsi_victim_ok(&mut v, &data);
         }
     }
-    assert!(
-        open_after_eof.is_empty(),
-        "connections still open {CLOSE_WITHIN:?} after the initiator's EOF, rounds {open_after_eof:?}"
-    );
-    check_server(&mut s);
-    iscsi_victim_ok(&mut v, &data);
+    tally.finish(&mut s, "iSCSI login storm", "connections", || {
+        iscsi_victim_ok(&mut v, &data)
+    });
     v.logout().unwrap();
-    s.assert_buffer_pool_idle();
-    eprintln!("iSCSI login storm: {n} connections, {pdus} PDUs sent, {answers} received");
 }
 
 const IO_OPS: [u8; 12] = [
@@ -1061,9 +1083,7 @@ fn nvme_queues_survive_random_pdu_storms() {
     let sub = nqn("vol0");
     let host = "nqn.2026-11.io.keel.test:storm";
     let n = rounds(500);
-    let mut pdus = 0u64;
-    let mut answers = 0u64;
-    let mut open_after_eof = Vec::new();
+    let mut tally = Tally::default();
     for round in 0..n {
         let mut rng = StdRng::seed_from_u64(round);
         let (mut admin, cntlid) = match Queue::admin(s.nvmf, &sub, host, 60_000, false) {
@@ -1107,28 +1127,20 @@ fn nvme_queues_survive_random_pdu_storms() {
             if sent.is_err() {
                 break;
             }
-            pdus += 1;
+            tally.pdus += 1;
         }
         let _ = q.shutdown(Shutdown::Write);
-        match drain.closed() {
-            Some(n) => answers += n,
-            None => open_after_eof.push(round),
-        }
+        tally.end(round, drain);
         drop((admin, io));
         if round % 10 == 9 {
             check_server(&mut s);
             nvme_victim_ok(&mut va, &mut vio, &data);
         }
     }
-    assert!(
-        open_after_eof.is_empty(),
-        "queues still open {CLOSE_WITHIN:?} after the host's EOF, rounds {open_after_eof:?}"
-    );
-    check_server(&mut s);
-    nvme_victim_ok(&mut va, &mut vio, &data);
+    tally.finish(&mut s, "NVMe/TCP storm", "rounds", || {
+        nvme_victim_ok(&mut va, &mut vio, &data)
+    });
     drop((va, vio));
-    s.assert_buffer_pool_idle();
-    eprintln!("NVMe/TCP storm: {n} rounds, {pdus} PDUs sent, {answers} received");
 }
 
 /// NVMe/TCP connections that go wrong before or while they connect: ICReqs
@@ -1146,9 +1158,7 @@ fn nvme_connects_survive_random_connect_storms() {
     let mut s = server(dir.path());
     let (mut va, mut vio, data) = nvme_victim(&s);
     let n = rounds(300);
-    let mut pdus = 0u64;
-    let mut answers = 0u64;
-    let mut open_after_eof = Vec::new();
+    let mut tally = Tally::default();
     let nqns: [&[u8]; 6] = [
         b"nqn.2026-11.io.keel:vol0",
         b"nqn.2026-11.io.keel:missing",
@@ -1159,13 +1169,7 @@ fn nvme_connects_survive_random_connect_storms() {
     ];
     for round in 0..n {
         let mut rng = StdRng::seed_from_u64(2_000_000 + round);
-        let mut sock = match TcpStream::connect(s.nvmf) {
-            Ok(c) => c,
-            Err(e) => panic!(
-                "round {round}: cannot connect ({e}); server log:\n{}",
-                s.log()
-            ),
-        };
+        let mut sock = connect(&s, s.nvmf, round);
         let drain = Drain::start(sock.try_clone().unwrap(), nvme_header);
         let mut out: Vec<Vec<u8>> = Vec::new();
         if rng.gen_bool(0.9) {
@@ -1258,25 +1262,17 @@ fn nvme_connects_survive_random_connect_storms() {
             if sent.is_err() {
                 break;
             }
-            pdus += 1;
+            tally.pdus += 1;
         }
         let _ = sock.shutdown(Shutdown::Write);
-        match drain.closed() {
-            Some(k) => answers += k,
-            None => open_after_eof.push(round),
-        }
+        tally.end(round, drain);
         if round % 50 == 49 {
             check_server(&mut s);
             nvme_victim_ok(&mut va, &mut vio, &data);
         }
     }
-    assert!(
-        open_after_eof.is_empty(),
-        "connections still open {CLOSE_WITHIN:?} after the host's EOF, rounds {open_after_eof:?}"
-    );
-    check_server(&mut s);
-    nvme_victim_ok(&mut va, &mut vio, &data);
+    tally.finish(&mut s, "NVMe/TCP connect storm", "connections", || {
+        nvme_victim_ok(&mut va, &mut vio, &data)
+    });
     drop((va, vio));
-    s.assert_buffer_pool_idle();
-    eprintln!("NVMe/TCP connect storm: {n} connections, {pdus} PDUs sent, {answers} received");
 }

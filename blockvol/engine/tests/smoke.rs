@@ -15,22 +15,31 @@ fn each_backend(f: impl Fn(BackendMode, bool)) {
     }
 }
 
+/// A backend's configuration with inline WAL writes on or off.
+fn config(backend: BackendMode, inline: bool) -> VolumeConfig {
+    VolumeConfig {
+        backend,
+        wal_inline_writes: inline,
+        ..Default::default()
+    }
+}
+
+/// An 8 MiB volume with a 1 MiB WAL.
+fn small() -> CreateOptions {
+    CreateOptions {
+        size: 8 << 20,
+        block_size: 4096,
+        wal_size: 1 << 20,
+    }
+}
+
 #[test]
 fn write_read_flush_reopen() {
     each_backend(|backend, inline| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.keel");
-        let cfg = VolumeConfig {
-            backend,
-            wal_inline_writes: inline,
-            ..Default::default()
-        };
-        let opts = CreateOptions {
-            size: 8 << 20,
-            block_size: 4096,
-            wal_size: 1 << 20,
-        };
-        let vol = Volume::create(&path, &opts, &cfg).unwrap();
+        let cfg = config(backend, inline);
+        let vol = Volume::create(&path, &small(), &cfg).unwrap();
         assert_eq!(
             vol.status().backend,
             if backend == BackendMode::Standard {
@@ -245,17 +254,8 @@ fn durable_writes_stay_in_flight_until_their_sync_and_close_returns_their_buffer
     each_backend(|backend, inline| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.keel");
-        let cfg = VolumeConfig {
-            backend,
-            wal_inline_writes: inline,
-            ..Default::default()
-        };
-        let opts = CreateOptions {
-            size: 8 << 20,
-            block_size: 4096,
-            wal_size: 1 << 20,
-        };
-        let vol = Volume::create(&path, &opts, &cfg).unwrap();
+        let cfg = config(backend, inline);
+        let vol = Volume::create(&path, &small(), &cfg).unwrap();
         const N: u64 = 32;
 
         // Every completion delivered while in_flight() says nothing is out
