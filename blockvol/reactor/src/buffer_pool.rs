@@ -513,6 +513,30 @@ mod tests {
         assert!(s.allocated_bytes <= p.max_bytes());
     }
 
+    /// What `take` allocates when the pool is exhausted is not the pool's:
+    /// given back, it is dropped as foreign, and the in-use count stays
+    /// that of the pool's own buffers (a tier-sized stand-in would have
+    /// been taken for one of them, and in debug builds the ledger panics).
+    #[test]
+    fn stand_ins_for_an_exhausted_pool_are_not_taken_back() {
+        let p = pool(256 << 10);
+        let held: Vec<_> = (0..64).map(|_| take(Some(&p), 4096)).collect();
+        assert_eq!(p.stats().in_use_bytes, 256 << 10);
+        let extra = take(Some(&p), 4096);
+        assert!(
+            tier_of_capacity(extra.capacity()).is_none(),
+            "{}",
+            extra.capacity()
+        );
+        give_back(Some(&p), extra);
+        let s = p.stats();
+        assert_eq!((s.foreign, s.in_use_bytes), (1, 256 << 10));
+        for v in held {
+            give_back(Some(&p), v);
+        }
+        assert_eq!(p.stats().in_use_bytes, 0);
+    }
+
     #[test]
     fn foreign_and_resized_vecs_are_not_pooled() {
         let p = pool(1 << 20);
